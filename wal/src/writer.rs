@@ -1,0 +1,361 @@
+//! The writer: leader/follower group commit, segment rotation, the interval syncer, poisoning.
+//!
+//! An append, step by step:
+//! 1. Under the queue lock, the appender encodes its records (length-prefixed) onto the shared
+//!    pending body, takes the next positions, and notes where its records end.
+//! 2. If no leader is writing, it becomes the leader: it takes every pending append (its own and
+//!    those that queued behind the previous leader) and releases the queue lock.
+//! 3. The leader seals the pending body into **one frame** (header + CRCs), writes it with one
+//!    `pwrite`, and — in `always` mode — one `fdatasync`. A group that does not fit in the active
+//!    segment is split at append boundaries and the segment is rotated in between.
+//! 4. The leader publishes the new durable end to readers, then marks the group acknowledged and
+//!    wakes the followers; the next queued appender becomes the next leader.
+//!
+//! Because a group is one frame and the next write starts only after the previous `fdatasync`
+//! returned, in `always` mode at most one frame — the one being written — is ever unsynced.
+//!
+//! A failed write or sync poisons the writer: the group and every queued append fail, and so does
+//! every later append until the log is reopened (after an `EIO` the page cache cannot be trusted;
+//! see the fsyncgate discussion of 2018).
+
+use std::sync::Arc;
+
+use crate::config::Durability;
+use crate::error::{Error, PoisonCause, Result};
+use crate::format::{
+    align_up, encode_record_into, record_encoded_len, seal_frame, FrameHeader, Position, SegmentId,
+    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::segment::{create_segment, Segment};
+use crate::wal::{lock, AppendResult, Shared, Wal};
+
+/// One queued append: where its records end in the pending body and in positions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingAppend {
+    pub body_end: usize,
+    pub end_position: Position,
+}
+
+/// Appends waiting for a leader, and the acknowledgement state followers wait on.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    /// `FRAME_HEADER_LEN` reserved bytes, then the encoded records of the pending appends.
+    pub body: Vec<u8>,
+    pub appends: Vec<PendingAppend>,
+    /// Position of the first pending record.
+    pub pending_first: Position,
+    /// Next position to hand out.
+    pub next_position: Position,
+    pub leader_active: bool,
+    /// Every position below this is acknowledged.
+    pub acked_end: Position,
+    pub poisoned: Option<PoisonCause>,
+    pub closed: bool,
+    /// A spare buffer the leader hands back, so steady state allocates nothing.
+    spare: Vec<u8>,
+}
+
+impl Queue {
+    pub fn new(end: Position) -> Queue {
+        Queue {
+            body: Vec::new(),
+            appends: Vec::new(),
+            pending_first: end,
+            next_position: end,
+            leader_active: false,
+            acked_end: end,
+            poisoned: None,
+            closed: false,
+            spare: Vec::new(),
+        }
+    }
+}
+
+/// The writer's view of the active segment; locked by the leader for the whole write.
+#[derive(Debug)]
+pub(crate) struct ActiveIo {
+    pub segment: Arc<Segment>,
+    /// Offset one past the last written frame.
+    pub write_offset: u64,
+    /// Position one past the last written record.
+    pub written_end: Position,
+    /// Offset and position up to which the active segment is known durable.
+    pub synced_offset: u64,
+    pub synced_end: Position,
+}
+
+impl ActiveIo {
+    pub fn new(segment: Arc<Segment>, offset: u64, end: Position) -> ActiveIo {
+        ActiveIo {
+            segment,
+            write_offset: offset,
+            written_end: end,
+            synced_offset: offset,
+            synced_end: end,
+        }
+    }
+}
+
+impl Wal {
+    /// Appends `records` as one atomic batch and returns their positions once the batch is
+    /// acknowledged (in `always` mode: written and `fdatasync`ed). Blocks the calling thread;
+    /// concurrent appenders are group-committed.
+    ///
+    /// # Errors
+    /// [`Error::EmptyAppend`], [`Error::AppendTooLarge`] for bad input (nothing is written);
+    /// [`Error::Poisoned`] or [`Error::Closed`] when the writer cannot take appends; the
+    /// [`Error::Poisoned`] cause when the batch's own write or sync failed (its records may or
+    /// may not be found after reopening, but never partially).
+    pub fn append<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<AppendResult> {
+        let shared = &*self.shared;
+        if records.is_empty() {
+            return Err(Error::EmptyAppend);
+        }
+        let encoded_len: u64 = records
+            .iter()
+            .map(|r| record_encoded_len(r.as_ref().len()) as u64)
+            .sum();
+        let encoded_len_max = shared.options.append_encoded_len_max();
+        if encoded_len > encoded_len_max {
+            return Err(Error::AppendTooLarge {
+                encoded_len,
+                encoded_len_max,
+                segment_size_bytes: shared.options.segment_size_bytes,
+            });
+        }
+        let mut queue = lock(&shared.queue);
+        if let Some(cause) = &queue.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if queue.closed {
+            return Err(Error::Closed);
+        }
+        if queue.appends.is_empty() {
+            queue.body.clear();
+            queue.body.resize(FRAME_HEADER_LEN, 0);
+            queue.pending_first = queue.next_position;
+        }
+        let first = queue.next_position;
+        for record in records {
+            encode_record_into(record.as_ref(), &mut queue.body);
+        }
+        let end = first.advance(records.len() as u64);
+        queue.next_position = end;
+        let body_end = queue.body.len();
+        queue.appends.push(PendingAppend {
+            body_end,
+            end_position: end,
+        });
+        loop {
+            if queue.acked_end >= end {
+                return Ok(AppendResult {
+                    first,
+                    last: Position(end.0 - 1),
+                });
+            }
+            if let Some(cause) = &queue.poisoned {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if !queue.leader_active && !queue.appends.is_empty() {
+                queue = shared.lead(queue);
+                continue;
+            }
+            queue = shared
+                .queue_cv
+                .wait(queue)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Shared {
+    /// Takes the pending appends, writes them as the leader, and records the outcome.
+    fn lead<'a>(
+        &'a self,
+        mut queue: std::sync::MutexGuard<'a, Queue>,
+    ) -> std::sync::MutexGuard<'a, Queue> {
+        queue.leader_active = true;
+        let spare = std::mem::take(&mut queue.spare);
+        let mut body = std::mem::replace(&mut queue.body, spare);
+        let appends = std::mem::take(&mut queue.appends);
+        let first = queue.pending_first;
+        drop(queue);
+
+        let outcome = self.write_group(&mut body, &appends, first);
+
+        let mut queue = lock(&self.queue);
+        queue.leader_active = false;
+        body.clear();
+        queue.spare = body;
+        match outcome {
+            Ok(end) => queue.acked_end = end,
+            Err(cause) => {
+                tracing::error!(%cause, dir = %self.dir.display(), "log writer poisoned");
+                queue.poisoned = Some(cause);
+                queue.appends.clear();
+            }
+        }
+        self.queue_cv.notify_all();
+        queue
+    }
+
+    /// Writes the group as frames (one, unless it must be split across a rotation), syncs as the
+    /// durability mode asks, publishes, and returns the acknowledged end.
+    fn write_group(
+        &self,
+        body: &mut Vec<u8>,
+        appends: &[PendingAppend],
+        first: Position,
+    ) -> Result<Position, PoisonCause> {
+        let mut io = lock(&self.io);
+        let segment_size = self.options.segment_size_bytes;
+        let group_frame_len = align_up(body.len()) as u64;
+        if io.write_offset + group_frame_len <= segment_size {
+            let record_count = count(
+                first,
+                appends.last().expect("a group has appends").end_position,
+            );
+            seal_frame(body, first, record_count);
+            self.write_frame(&mut io, body)?;
+        } else {
+            // Split at append boundaries so each part fits the space left; rotate between parts.
+            let mut start = 0;
+            let mut part_first = first;
+            let mut part_body_start = FRAME_HEADER_LEN;
+            while start < appends.len() {
+                let room = segment_size - io.write_offset;
+                let mut end = start;
+                while end < appends.len()
+                    && align_up(FRAME_HEADER_LEN + appends[end].body_end - part_body_start) as u64
+                        <= room
+                {
+                    end += 1;
+                }
+                if end == start {
+                    assert!(
+                        io.write_offset > SEGMENT_HEADER_LEN as u64,
+                        "an append larger than an empty segment passed the size check"
+                    );
+                    self.rotate(&mut io)?;
+                    continue;
+                }
+                let body_end = appends[end - 1].body_end;
+                let mut frame =
+                    Vec::with_capacity(FRAME_HEADER_LEN + body_end - part_body_start + 8);
+                frame.resize(FRAME_HEADER_LEN, 0);
+                frame.extend_from_slice(&body[part_body_start..body_end]);
+                let part_end = appends[end - 1].end_position;
+                seal_frame(&mut frame, part_first, count(part_first, part_end));
+                self.write_frame(&mut io, &frame)?;
+                start = end;
+                part_first = part_end;
+                part_body_start = body_end;
+            }
+        }
+        match self.options.durability {
+            Durability::Always => {
+                self.sync_active(&mut io)?;
+                self.publish_durable(io.synced_end, io.synced_offset, None);
+            }
+            Durability::Never => {
+                self.publish_durable(io.written_end, io.write_offset, None);
+            }
+            // The syncer thread syncs and publishes.
+            Durability::Interval(_) => {}
+        }
+        Ok(io.written_end)
+    }
+
+    fn write_frame(&self, io: &mut ActiveIo, frame: &[u8]) -> Result<(), PoisonCause> {
+        let segment = io.segment.clone();
+        segment
+            .file
+            .write_all_at(frame, io.write_offset)
+            .map_err(|e| poison("write", &e))?;
+        let header =
+            FrameHeader::decode_from(frame).expect("the writer's own frame header validates");
+        segment.index().note_frame(io.write_offset, &header);
+        io.write_offset += frame.len() as u64;
+        io.written_end = header.end_position();
+        Ok(())
+    }
+
+    fn sync_active(&self, io: &mut ActiveIo) -> Result<(), PoisonCause> {
+        if io.synced_offset == io.write_offset {
+            return Ok(());
+        }
+        io.segment
+            .file
+            .sync_data()
+            .map_err(|e| poison("fdatasync", &e))?;
+        io.synced_offset = io.write_offset;
+        io.synced_end = io.written_end;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the next one:
+    /// 1. `fdatasync` the active segment (its frames become durable);
+    /// 2. truncate it to its last frame and `fsync` it (sealed segments have no slack);
+    /// 3. create the next segment: preallocate, write its header, `fsync` it, `fsync` the
+    ///    directory;
+    /// 4. publish the new segment list with the sealed segment's records durable.
+    fn rotate(&self, io: &mut ActiveIo) -> Result<(), PoisonCause> {
+        self.sync_active(io)?;
+        let old = io.segment.clone();
+        old.file
+            .set_len(io.write_offset)
+            .map_err(|e| poison("truncate sealed segment", &e))?;
+        old.file
+            .sync_all()
+            .map_err(|e| poison("fsync sealed segment", &e))?;
+        let id = SegmentId(io.written_end);
+        let segment = create_segment(&*self.fs, &self.dir, id, self.options.segment_size_bytes)
+            .map_err(|e| match e {
+                Error::Io { op, source, .. } => poison(op, &source),
+                other => PoisonCause {
+                    op: "create segment",
+                    kind: std::io::ErrorKind::Other,
+                    message: other.to_string(),
+                },
+            })?;
+        tracing::debug!(sealed = %old.id, next = %id, "rotated segment");
+        let mut segments = lock(&self.published).segments.to_vec();
+        segments.push(segment.clone());
+        *io = ActiveIo::new(segment, SEGMENT_HEADER_LEN as u64, io.written_end);
+        self.publish_durable(io.written_end, io.write_offset, Some(segments.into()));
+        Ok(())
+    }
+
+    /// Interval mode: syncs what was written since the last sync and publishes it.
+    pub(crate) fn sync_written(&self) {
+        let mut io = lock(&self.io);
+        if io.synced_offset == io.write_offset {
+            return;
+        }
+        match self.sync_active(&mut io) {
+            Ok(()) => self.publish_durable(io.synced_end, io.synced_offset, None),
+            Err(cause) => {
+                tracing::error!(%cause, dir = %self.dir.display(), "log writer poisoned by the interval sync");
+                drop(io);
+                lock(&self.queue).poisoned = Some(cause);
+                self.queue_cv.notify_all();
+            }
+        }
+    }
+}
+
+fn count(first: Position, end: Position) -> u32 {
+    u32::try_from(end.0 - first.0).expect("a frame holds fewer than 2^32 records")
+}
+
+fn poison(op: &'static str, error: &std::io::Error) -> PoisonCause {
+    PoisonCause {
+        op,
+        kind: error.kind(),
+        message: error.to_string(),
+    }
+}
