@@ -54,8 +54,8 @@ pub const SEGMENT_FILE_SUFFIX: &str = ".wal";
 /// Digits of the zero-padded first position in a segment file name.
 pub const SEGMENT_FILE_DIGITS: usize = 20;
 
-const _: () = assert!(SEGMENT_HEADER_LEN % FRAME_ALIGN == 0);
-const _: () = assert!(FRAME_HEADER_LEN % FRAME_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(FRAME_ALIGN));
+const _: () = assert!(FRAME_HEADER_LEN.is_multiple_of(FRAME_ALIGN));
 const _: () = assert!(SEGMENT_HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN);
 const _: () = assert!(FRAME_BODY_CRC_OFFSET + 4 == FRAME_HEADER_LEN);
 const _: () = assert!(FRAME_ALIGN.is_power_of_two());

@@ -37,6 +37,8 @@ pub mod marker;
 pub mod reader;
 pub mod recovery;
 pub mod segment;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod wal;
 mod writer;
 

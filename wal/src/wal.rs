@@ -467,35 +467,7 @@ fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recover
         let file = fs
             .open(&path, OpenMode::ReadOnly)
             .map_err(|e| Error::io("open segment", &path, e))?;
-        let mut header = [0u8; SEGMENT_HEADER_LEN];
-        let checked = match file.read_exact_at(&mut header, 0) {
-            Ok(()) => SegmentHeader::decode_from(&header),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(CorruptionKind::SegmentHeaderTruncated {
-                    len: file
-                        .len()
-                        .map_err(|e| Error::io("stat segment", &path, e))?,
-                })
-            }
-            Err(e) => return Err(Error::io("read segment header", &path, e)),
-        };
-        let header = checked.map_err(|kind| Error::Corrupt {
-            segment: id,
-            path: path.clone(),
-            offset: 0,
-            kind,
-        })?;
-        if header.first_position != id.first_position() {
-            return Err(Error::Corrupt {
-                segment: id,
-                path,
-                offset: 0,
-                kind: CorruptionKind::SegmentNameMismatch {
-                    in_header: header.first_position,
-                    in_name: id.first_position(),
-                },
-            });
-        }
+        check_segment_header(&*file, &path, id)?;
         segments.push(Arc::new(Segment::new(
             id,
             path,
@@ -516,15 +488,20 @@ fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recover
             && m.end_offset >= SEGMENT_HEADER_LEN as u64
     });
     let (index, end_offset, end_position) = match from_marker {
-        Some(marker) => (
-            SparseIndex::from_parts(
-                marker.entries.clone(),
+        Some(marker) => {
+            // A cleanly closed log has no excuse for a bad header: check it even though the
+            // marker lets us skip the frames.
+            check_segment_header(&*file, &path, last_id)?;
+            (
+                SparseIndex::from_parts(
+                    marker.entries.clone(),
+                    marker.end_offset,
+                    marker.end_position,
+                ),
                 marker.end_offset,
                 marker.end_position,
-            ),
-            marker.end_offset,
-            marker.end_position,
-        ),
+            )
+        }
         None => scan_last_segment(&*file, &path, last_id, options)?,
     };
     if file_len < options.segment_size_bytes {
@@ -540,6 +517,33 @@ fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recover
         end_position,
         end_offset,
     })
+}
+
+/// Reads and checks a segment's header against its file name.
+fn check_segment_header(file: &dyn crate::io::WalFile, path: &Path, id: SegmentId) -> Result<()> {
+    let corrupt = |kind| Error::Corrupt {
+        segment: id,
+        path: path.to_owned(),
+        offset: 0,
+        kind,
+    };
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
+            return Err(corrupt(CorruptionKind::SegmentHeaderTruncated { len }));
+        }
+        Err(e) => return Err(Error::io("read segment header", path, e)),
+    }
+    let header = SegmentHeader::decode_from(&header).map_err(corrupt)?;
+    if header.first_position != id.first_position() {
+        return Err(corrupt(CorruptionKind::SegmentNameMismatch {
+            in_header: header.first_position,
+            in_name: id.first_position(),
+        }));
+    }
+    Ok(())
 }
 
 fn scan_last_segment(

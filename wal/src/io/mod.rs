@@ -203,12 +203,15 @@ impl WalFile for StdFile {
         if self.len()? == 0 {
             return Ok(Bytes::new());
         }
-        // SAFETY: the mapping is read-only and the engine only maps files whose mapped range no
-        // longer changes: sealed segments (truncated and fsynced before they were sealed) or, in
-        // the audit tool and recovery, segments of a directory whose writer lock is held or that
-        // are opened read-only for inspection. The log directory is 0700 and its files 0600, so
-        // another process truncating a mapped file (which would raise SIGBUS) means an operator
-        // is editing the log by hand while it is in use, outside the engine's contract.
+        // SAFETY: the mapping is read-only, and the engine maps only files whose mapped range
+        // does not change while mapped: sealed segments (truncated to their frames and fsynced
+        // before they were sealed, never written again) and, during recovery, the last segment
+        // while this process holds the directory's writer lock and before any write. Truncating a
+        // mapped file would raise SIGBUS on access past the new end; the only truncations are of
+        // the active segment by the lock holder, which never maps it while it is active (readers
+        // use `pread` there). The directory is 0700 and its files 0600, so another process doing
+        // so means the log is being edited by hand while in use, outside the engine's contract.
+        // The audit tool reads the last segment by copying it for this reason.
         let map = unsafe { memmap2::Mmap::map(&self.file) }
             .map_err(|e| io::Error::new(e.kind(), format!("mmap {}: {e}", self.path.display())))?;
         Ok(Bytes::from_owner(map))
