@@ -1,0 +1,673 @@
+//! The `hybridstore-audit` binary end to end: `verify`, `stat`, `dump` and `repair` run as a child
+//! process on copies of the committed fixtures (never on the fixtures themselves), checking exit
+//! codes, outputs, backups, and that the writer opens the log after a repair.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use hybridstore_wal::format::{FrameHeader, SEGMENT_HEADER_LEN};
+use hybridstore_wal::marker::MARKER_FILE_NAME;
+use hybridstore_wal::{Durability, Options, Position, Wal};
+use serde_json::Value;
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+fn code(output: &Output) -> Option<i32> {
+    output.status.code()
+}
+
+/// A tempdir holding a copy of fixture `name`; returns the tempdir and the copy's path.
+fn copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    copy_fixture(name, &dir);
+    (tmp, dir)
+}
+
+fn fixture_options() -> Options {
+    Options {
+        segment_size_bytes: SEGMENT_SIZE_BYTES,
+        ..Options::default()
+    }
+}
+
+/// Every record the writer reads back from `dir`, opening it as the engine would.
+fn read_with_writer(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let wal = Wal::open(dir, fixture_options()).unwrap();
+    let records = wal
+        .reader(Position(0))
+        .unwrap()
+        .map(|record| {
+            let record = record.unwrap();
+            (record.position.0, record.data.to_vec())
+        })
+        .collect();
+    wal.close().unwrap();
+    records
+}
+
+fn expected_records(end: u64) -> Vec<(u64, Vec<u8>)> {
+    (0..end).map(|p| (p, payload(p))).collect()
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.insert(entry.path(), fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ------------------------------------------------------------------------------------ verify
+
+/// Proves `verify` passes the clean fixture with exit 0 and the documented summary line.
+#[test]
+fn verify_clean_fixture_is_clean() {
+    let (_tmp, dir) = copy(CLEAN);
+    let output = audit([Path::new("verify"), &dir]);
+    assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        format!("ok: 3 segments, {RECORD_COUNT} records, positions 0..{RECORD_COUNT}\n")
+    );
+    assert_eq!(stderr(&output), "");
+}
+
+/// Proves `verify` reports the torn tail of v1-torn with exit 1, naming the last segment, the
+/// offset of the tear, and that repair or the writer truncates it.
+#[test]
+fn verify_torn_fixture_names_segment_and_offset() {
+    let (_tmp, dir) = copy(TORN);
+    let output = audit([Path::new("verify"), &dir]);
+    assert_eq!(code(&output), Some(1));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "one problem and the summary: {text}");
+    let problem = lines[0];
+    assert!(problem.starts_with("torn tail: "), "{problem}");
+    assert!(
+        problem.contains(&segment_file_name(TORN_SEGMENT_ID)),
+        "{problem}"
+    );
+    assert!(
+        problem.contains(&format!("at offset {TORN_OFFSET}:")),
+        "{problem}"
+    );
+    assert!(problem.contains("repair"), "{problem}");
+    assert!(
+        problem.contains("opening the log with the writer truncates it"),
+        "{problem}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("1 problem (3 segments checked, {RECORD_COUNT} valid records)")
+    );
+}
+
+/// Proves `verify` reports the flipped byte of v1-corrupt with exit 1: the middle segment, the
+/// frame's offset, and a body checksum mismatch (human text and machine name).
+#[test]
+fn verify_corrupt_fixture_names_segment_offset_and_kind() {
+    let (_tmp, dir) = copy(CORRUPT);
+    let output = audit([Path::new("verify"), &dir]);
+    assert_eq!(code(&output), Some(1));
+    let text = stdout(&output);
+    let problem = text.lines().next().unwrap();
+    assert!(problem.starts_with("corrupt: "), "{problem}");
+    assert!(
+        problem.contains(&segment_file_name(CORRUPT_SEGMENT_ID)),
+        "{problem}"
+    );
+    assert!(
+        problem.contains(&format!("at offset {CORRUPT_OFFSET}:")),
+        "{problem}"
+    );
+    assert!(
+        problem.contains("frame body checksum mismatch"),
+        "{problem}"
+    );
+    assert!(problem.contains("[frame_body_checksum]"), "{problem}");
+    assert!(
+        text.lines().last().unwrap().starts_with("1 problem ("),
+        "{text}"
+    );
+}
+
+/// Proves a directory that does not exist is "could not run" (exit 2) with an error on stderr.
+#[test]
+fn verify_missing_directory_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = audit([Path::new("verify"), &tmp.path().join("nope")]);
+    assert_eq!(code(&output), Some(2));
+    assert_eq!(stdout(&output), "");
+    assert!(
+        stderr(&output).contains("cannot read log directory"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Proves an existing directory without segments is an empty, clean log (exit 0).
+#[test]
+fn verify_empty_directory_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = audit([Path::new("verify"), tmp.path()]);
+    assert_eq!(code(&output), Some(0));
+    assert_eq!(stdout(&output), "ok: 0 segments, 0 records\n");
+}
+
+/// Proves `verify --format json` prints JSON Lines with a `{type, data}` envelope: a `segment`
+/// per segment, a `problem` with segment, offset and kind, and a final `summary`.
+#[test]
+fn verify_json_lines_have_type_and_data() {
+    let (_tmp, dir) = copy(CORRUPT);
+    let output = audit([
+        Path::new("verify"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(1));
+    let lines = json_lines(&stdout(&output));
+    for line in &lines {
+        assert!(line["type"].is_string(), "{line}");
+        assert!(line["data"].is_object(), "{line}");
+    }
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["segment", "segment", "problem", "segment", "summary"]
+    );
+    let problem = &lines[2]["data"];
+    assert_eq!(problem["class"], "corrupt");
+    assert_eq!(problem["segment"], CORRUPT_SEGMENT_ID);
+    assert_eq!(
+        problem["segment_file"],
+        segment_file_name(CORRUPT_SEGMENT_ID)
+    );
+    assert_eq!(problem["offset"], CORRUPT_OFFSET);
+    assert_eq!(problem["kind"], "frame_body_checksum");
+    assert!(problem["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("frame body checksum mismatch"));
+    let summary = &lines[4]["data"];
+    assert_eq!(summary["clean"], false);
+    assert_eq!(summary["problem_count"], 1);
+    assert_eq!(summary["segment_count"], 3);
+}
+
+/// Proves the directory may be a data directory with a `wal/` subdirectory, and may come from
+/// `--data-dir` or `HYBRIDSTORE_DATA_DIR` instead of the positional argument.
+#[test]
+fn directory_argument_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_fixture(CLEAN, &data.join("wal"));
+    let expected = format!("ok: 3 segments, {RECORD_COUNT} records, positions 0..{RECORD_COUNT}\n");
+
+    let positional = audit([Path::new("verify"), &data]);
+    assert_eq!(code(&positional), Some(0), "{}", stderr(&positional));
+    assert_eq!(stdout(&positional), expected);
+
+    let flag = audit([Path::new("verify"), Path::new("--data-dir"), &data]);
+    assert_eq!(code(&flag), Some(0), "{}", stderr(&flag));
+    assert_eq!(stdout(&flag), expected);
+
+    let env = Command::new(env!("CARGO_BIN_EXE_hybridstore-audit"))
+        .arg("verify")
+        .env("HYBRIDSTORE_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert_eq!(code(&env), Some(0), "{}", stderr(&env));
+    assert_eq!(stdout(&env), expected);
+}
+
+/// Proves `verify` finds a missing middle segment as a gap between segments (`segment_gap`).
+#[test]
+fn verify_reports_segment_gap() {
+    let (_tmp, dir) = copy(CLEAN);
+    fs::remove_file(dir.join(segment_file_name(SEGMENT_IDS[1]))).unwrap();
+    let output = audit([
+        Path::new("verify"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(1));
+    let lines = json_lines(&stdout(&output));
+    let problem = lines
+        .iter()
+        .find(|l| l["type"] == "problem")
+        .expect("a problem line");
+    assert_eq!(problem["data"]["kind"], "segment_gap");
+    assert_eq!(problem["data"]["segment"], SEGMENT_IDS[0]);
+    assert!(
+        problem["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("next segment starts at {}", SEGMENT_IDS[2])),
+        "{problem}"
+    );
+}
+
+// -------------------------------------------------------------------------------------- stat
+
+/// Proves `stat` counts what the generator wrote: records, positions, segments and the marker.
+#[test]
+fn stat_clean_fixture_counts() {
+    let (_tmp, dir) = copy(CLEAN);
+    let output = audit([Path::new("stat"), &dir]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("segments:      3\n"), "{text}");
+    assert!(
+        text.contains(&format!("records:       {RECORD_COUNT}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "positions:     first 0, last {}, end {RECORD_COUNT}\n",
+            RECORD_COUNT - 1
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("clean-shutdown marker: present (matches)"),
+        "{text}"
+    );
+    for id in SEGMENT_IDS {
+        assert!(text.contains(&segment_file_name(id)), "{text}");
+    }
+}
+
+/// Proves `stat --format json` prints exactly one JSON document with the counts and a row per
+/// segment.
+#[test]
+fn stat_json_is_one_document() {
+    let (_tmp, dir) = copy(CLEAN);
+    let output = audit([
+        Path::new("stat"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(0));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["record_count"], RECORD_COUNT);
+    assert_eq!(document["first_position"], 0);
+    assert_eq!(document["last_position"], RECORD_COUNT - 1);
+    assert_eq!(document["end_position"], RECORD_COUNT);
+    assert_eq!(document["segment_count"], 3);
+    assert_eq!(document["clean_shutdown_marker_present"], true);
+    assert_eq!(document["problems"], Value::Array(vec![]));
+    let ids: Vec<u64> = document["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, SEGMENT_IDS);
+    let frames: u64 = document["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["frames"].as_u64().unwrap())
+        .sum();
+    assert_eq!(document["frame_count"], frames);
+}
+
+/// Proves `stat` on the torn fixture shows the problem, exits 1, and sees no marker.
+#[test]
+fn stat_torn_fixture_shows_problem() {
+    let (_tmp, dir) = copy(TORN);
+    let output = audit([
+        Path::new("stat"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(1));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["clean_shutdown_marker_present"], false);
+    let problems = document["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0]["class"], "torn_tail");
+    assert_eq!(problems[0]["offset"], TORN_OFFSET);
+}
+
+// -------------------------------------------------------------------------------------- dump
+
+/// Proves `dump --from 5 --limit 3 --format json` prints records 5, 6, 7 with their payloads.
+#[test]
+fn dump_from_limit_json() {
+    let (_tmp, dir) = copy(CLEAN);
+    let output = audit([
+        Path::new("dump"),
+        &dir,
+        Path::new("--from"),
+        Path::new("5"),
+        Path::new("--limit"),
+        Path::new("3"),
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    let positions: Vec<u64> = lines
+        .iter()
+        .map(|l| l["data"]["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [5, 6, 7]);
+    for line in &lines {
+        assert_eq!(line["type"], "record");
+        let data = &line["data"];
+        let position = data["position"].as_u64().unwrap();
+        assert_eq!(data["payload_hex"], hex(&payload(position)));
+        assert_eq!(data["length"], payload(position).len());
+        assert_eq!(data["segment"], 0);
+        let first = data["batch_first"].as_u64().unwrap();
+        let count = data["batch_records"].as_u64().unwrap();
+        assert!(first <= position && position < first + count, "{data}");
+        assert!(data["frame_offset"].as_u64().unwrap() >= SEGMENT_HEADER_LEN as u64);
+        assert!(data["body_crc"].is_u64());
+    }
+}
+
+/// Proves `dump` on v1-corrupt prints every record before the corrupt frame, then reports the
+/// problem on stderr and exits 1.
+#[test]
+fn dump_stops_at_corruption() {
+    let (_tmp, dir) = copy(CORRUPT);
+    let output = audit([Path::new("dump"), &dir]);
+    assert_eq!(code(&output), Some(1));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len() as u64, CORRUPT_FIRST_POSITION);
+    for (position, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("position={position} ")), "{line}");
+        let payload = String::from_utf8(payload(position as u64)).unwrap();
+        assert!(line.ends_with(&format!("payload=\"{payload}\"")), "{line}");
+    }
+    let errors = stderr(&output);
+    assert!(
+        errors.contains(&segment_file_name(CORRUPT_SEGMENT_ID)),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(&format!("at offset {CORRUPT_OFFSET}")),
+        "{errors}"
+    );
+}
+
+/// Proves `dump` into a reader that closes early exits 0 without an error message.
+#[test]
+fn dump_broken_pipe_exits_quietly() {
+    // Far more output than a pipe buffers, so the writes after the reader leaves must fail.
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = Wal::open(
+        tmp.path(),
+        Options {
+            segment_size_bytes: 64 * 1024,
+            durability: Durability::Never,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for batch in 0..100u64 {
+        let records: Vec<Vec<u8>> = (batch * 30..(batch + 1) * 30)
+            .map(|p| format!("broken-pipe-record-{p}-{}", "x".repeat(40)).into_bytes())
+            .collect();
+        wal.append(&records).unwrap();
+    }
+    wal.close().unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hybridstore-audit"))
+        .arg("dump")
+        .arg(tmp.path())
+        .env_remove("HYBRIDSTORE_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("position=0 "), "{first}");
+    drop(reader);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(code(&output), Some(0));
+    assert_eq!(stderr(&output), "");
+}
+
+// ------------------------------------------------------------------------------------ repair
+
+/// Proves `repair` on v1-torn zeroes the tear after backing up exactly the cut bytes, leaving a
+/// log that verifies clean and that the writer opens with every record before the tear.
+#[test]
+fn repair_torn_tail() {
+    let (_tmp, dir) = copy(TORN);
+    let segment = dir.join(segment_file_name(TORN_SEGMENT_ID));
+    let before = fs::read(&segment).unwrap();
+
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(
+        code(&output),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let text = stdout(&output);
+    assert!(text.contains("done: copy the "), "{text}");
+    assert!(text.contains("done: zero segment "), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("ok: "), "{text}");
+
+    let backup = dir.join("repair-backup").join(format!(
+        "{}.{TORN_OFFSET}.tail",
+        segment_file_name(TORN_SEGMENT_ID)
+    ));
+    let cut = fs::read(&backup).unwrap();
+    let offset = TORN_OFFSET as usize;
+    assert!(!cut.is_empty());
+    assert_eq!(cut, before[offset..offset + cut.len()]);
+    assert!(before[offset + cut.len()..].iter().all(|&b| b == 0));
+    let torn_header = FrameHeader::decode_from(&cut).unwrap();
+    assert_eq!(torn_header.first_position, Position(RECORD_COUNT));
+
+    let after = fs::read(&segment).unwrap();
+    assert_eq!(after.len(), before.len(), "the segment keeps its length");
+    assert_eq!(after[..offset], before[..offset]);
+    assert!(after[offset..].iter().all(|&b| b == 0));
+
+    assert_eq!(code(&audit([Path::new("verify"), &dir])), Some(0));
+    assert_eq!(read_with_writer(&dir), expected_records(RECORD_COUNT));
+}
+
+/// Proves `repair` on v1-corrupt backs up the damaged segment and everything after it, cuts the
+/// log at the corrupt frame, and leaves a log the writer opens with exactly the records before.
+#[test]
+fn repair_corrupt_sealed_segment() {
+    let (_tmp, dir) = copy(CORRUPT);
+    let corrupt_name = segment_file_name(CORRUPT_SEGMENT_ID);
+    let last_name = segment_file_name(SEGMENT_IDS[2]);
+    let corrupt_before = fs::read(dir.join(&corrupt_name)).unwrap();
+    let last_before = fs::read(dir.join(&last_name)).unwrap();
+
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(
+        code(&output),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains("done: remove the clean-shutdown marker"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("done: truncate segment {CORRUPT_SEGMENT_ID} ")),
+        "{text}"
+    );
+
+    let backups = dir.join("repair-backup");
+    assert_eq!(
+        fs::read(backups.join(&corrupt_name)).unwrap(),
+        corrupt_before
+    );
+    assert_eq!(fs::read(backups.join(&last_name)).unwrap(), last_before);
+    assert!(
+        !dir.join(&last_name).exists(),
+        "later segments leave the log"
+    );
+    assert!(
+        !dir.join(MARKER_FILE_NAME).exists(),
+        "the stale marker is removed"
+    );
+    let corrupt_after = fs::read(dir.join(&corrupt_name)).unwrap();
+    assert_eq!(corrupt_after, corrupt_before[..CORRUPT_OFFSET as usize]);
+
+    let verify = audit([Path::new("verify"), &dir]);
+    assert_eq!(code(&verify), Some(0), "{}", stdout(&verify));
+    assert_eq!(
+        stdout(&verify),
+        format!("ok: 2 segments, {CORRUPT_FIRST_POSITION} records, positions 0..{CORRUPT_FIRST_POSITION}\n")
+    );
+    assert_eq!(
+        read_with_writer(&dir),
+        expected_records(CORRUPT_FIRST_POSITION)
+    );
+}
+
+/// Proves a bad header (offset 0) of a middle segment moves it and the later ones aside whole.
+#[test]
+fn repair_bad_segment_header_moves_segments_aside() {
+    let (_tmp, dir) = copy(CLEAN);
+    let middle = dir.join(segment_file_name(SEGMENT_IDS[1]));
+    let mut bytes = fs::read(&middle).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&middle, &bytes).unwrap();
+
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(
+        code(&output),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let backups = dir.join("repair-backup");
+    assert_eq!(
+        fs::read(backups.join(segment_file_name(SEGMENT_IDS[1]))).unwrap(),
+        bytes
+    );
+    assert!(backups.join(segment_file_name(SEGMENT_IDS[2])).exists());
+    assert!(!middle.exists());
+    assert_eq!(read_with_writer(&dir), expected_records(SEGMENT_IDS[1]));
+}
+
+/// Proves `repair` will not empty a log that starts past position 0 (the writer would hand out
+/// positions again): it changes nothing and exits 1.
+#[test]
+fn repair_refuses_to_restart_positions() {
+    let (_tmp, dir) = copy(CLEAN);
+    fs::remove_file(dir.join(segment_file_name(SEGMENT_IDS[0]))).unwrap();
+    let first = dir.join(segment_file_name(SEGMENT_IDS[1]));
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&first, &bytes).unwrap();
+    let before = snapshot(&dir);
+
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(code(&output), Some(1));
+    assert!(
+        stdout(&output).contains("refusing to repair"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(snapshot(&dir), before);
+}
+
+/// Proves `repair --dry-run` prints its plan and changes no byte of the torn or corrupt log.
+#[test]
+fn repair_dry_run_changes_nothing() {
+    for name in [TORN, CORRUPT] {
+        let (_tmp, dir) = copy(name);
+        let before = snapshot(&dir);
+        let output = audit([Path::new("repair"), &dir, Path::new("--dry-run")]);
+        assert_eq!(code(&output), Some(1), "{name}: problems remain");
+        let text = stdout(&output);
+        assert!(text.contains("dry run, would: copy "), "{name}: {text}");
+        assert!(
+            text.contains("dry run: nothing was changed"),
+            "{name}: {text}"
+        );
+        assert_eq!(snapshot(&dir), before, "{name}");
+        assert!(!dir.join("repair-backup").exists());
+    }
+}
+
+/// Proves `repair` refuses with exit 2 while a writer has the log open, and touches nothing.
+#[test]
+fn repair_refuses_while_writer_holds_lock() {
+    let (_tmp, dir) = copy(CLEAN);
+    let wal = Wal::open(&dir, fixture_options()).unwrap();
+    let before = snapshot(&dir);
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(code(&output), Some(2));
+    assert!(
+        stderr(&output).contains("a writer holds the lock"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(snapshot(&dir), before);
+    wal.close().unwrap();
+}
+
+/// Proves `repair` on a clean log does nothing and exits 0.
+#[test]
+fn repair_clean_log_is_a_no_op() {
+    let (_tmp, dir) = copy(CLEAN);
+    let before = snapshot(&dir);
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(code(&output), Some(0));
+    assert!(
+        stdout(&output).starts_with("nothing to repair"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(snapshot(&dir), before);
+}
