@@ -323,8 +323,8 @@ impl Shared {
             published.durable_offset = offset;
         }
         self.published_cv.notify_all();
-        let listeners = lock(&self.listeners).clone();
-        for listener in listeners {
+        let listeners = lock(&self.listeners);
+        for listener in listeners.iter() {
             listener(end);
         }
     }

@@ -19,6 +19,7 @@
 //! see the fsyncgate discussion of 2018).
 
 use std::sync::Arc;
+use std::thread::{self, Thread};
 
 use crate::config::Durability;
 use crate::error::{Error, PoisonCause, Result};
@@ -28,6 +29,13 @@ use crate::format::{
 };
 use crate::segment::{create_segment, Segment};
 use crate::wal::{lock, AppendResult, Shared, Wal};
+
+/// Rounds a leader writes before handing over to a follower: enough to keep the disk busy under
+/// load, few enough that the leader's own caller waits a bounded time.
+const LEADER_ROUNDS_MAX: usize = 4;
+
+/// How many acknowledged appenders each woken appender wakes in turn.
+const WAKE_FAN_OUT: usize = 2;
 
 /// One queued append: where its records end in the pending body and in positions.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +50,13 @@ pub(crate) struct Queue {
     /// `FRAME_HEADER_LEN` reserved bytes, then the encoded records of the pending appends.
     pub body: Vec<u8>,
     pub appends: Vec<PendingAppend>,
+    /// The threads waiting on the pending appends, woken one by one (not with a broadcast: with
+    /// dozens of appenders, waking every waiter each round costs more CPU than the appends).
+    pub waiters: Vec<Thread>,
+    /// Acknowledged appenders still to be woken. The leader wakes one and goes on with the next
+    /// round; each woken appender wakes [`WAKE_FAN_OUT`] more, so the wake-ups (a syscall each)
+    /// run beside the next round's `fdatasync` instead of before it.
+    pub wake_chain: Vec<Thread>,
     /// Position of the first pending record.
     pub pending_first: Position,
     /// Next position to hand out.
@@ -60,6 +75,8 @@ impl Queue {
         Queue {
             body: Vec::new(),
             appends: Vec::new(),
+            waiters: Vec::new(),
+            wake_chain: Vec::new(),
             pending_first: end,
             next_position: end,
             leader_active: false,
@@ -148,8 +165,20 @@ impl Wal {
             body_end,
             end_position: end,
         });
+        let me = thread::current();
+        queue.waiters.push(me.clone());
         loop {
             if queue.acked_end >= end {
+                // Leave the wake chain if this thread saw its acknowledgement before its turn
+                // came (a stale entry would swallow a wake-up meant for another appender).
+                queue.wake_chain.retain(|t| t.id() != me.id());
+                let next: Vec<Thread> = (0..WAKE_FAN_OUT)
+                    .filter_map(|_| queue.wake_chain.pop())
+                    .collect();
+                drop(queue);
+                for thread in next {
+                    thread.unpark();
+                }
                 return Ok(AppendResult {
                     first,
                     last: Position(end.0 - 1),
@@ -164,41 +193,82 @@ impl Wal {
                 queue = shared.lead(queue);
                 continue;
             }
-            queue = shared
-                .queue_cv
-                .wait(queue)
-                .unwrap_or_else(|p| p.into_inner());
+            // The leader (or a woken appender, along the wake chain) unparks this thread once
+            // its round is acknowledged, or hands leadership to it; an unpark that comes before
+            // the park makes the park return at once.
+            drop(queue);
+            thread::park();
+            queue = lock(&shared.queue);
         }
     }
 }
 
 impl Shared {
-    /// Takes the pending appends, writes them as the leader, and records the outcome.
+    /// Takes the pending appends, writes them as the leader, and records the outcome. While more
+    /// appends queued up during the round, the leader goes on with them (up to
+    /// [`LEADER_ROUNDS_MAX`] rounds) instead of handing over: waking a new leader would leave the
+    /// disk idle for a scheduling delay between every two rounds.
     fn lead<'a>(
         &'a self,
         mut queue: std::sync::MutexGuard<'a, Queue>,
     ) -> std::sync::MutexGuard<'a, Queue> {
         queue.leader_active = true;
-        let spare = std::mem::take(&mut queue.spare);
-        let mut body = std::mem::replace(&mut queue.body, spare);
-        let appends = std::mem::take(&mut queue.appends);
-        let first = queue.pending_first;
-        drop(queue);
+        let me = thread::current().id();
+        for _ in 0..LEADER_ROUNDS_MAX {
+            let spare = std::mem::take(&mut queue.spare);
+            let mut body = std::mem::replace(&mut queue.body, spare);
+            let appends = std::mem::take(&mut queue.appends);
+            let waiters = std::mem::take(&mut queue.waiters);
+            let first = queue.pending_first;
+            drop(queue);
 
-        let outcome = self.write_group(&mut body, &appends, first);
+            let outcome = self.write_group(&mut body, &appends, first);
 
-        let mut queue = lock(&self.queue);
-        queue.leader_active = false;
-        body.clear();
-        queue.spare = body;
-        match outcome {
-            Ok(end) => queue.acked_end = end,
-            Err(cause) => {
-                tracing::error!(%cause, dir = %self.dir.display(), "log writer poisoned");
-                queue.poisoned = Some(cause);
-                queue.appends.clear();
+            queue = lock(&self.queue);
+            body.clear();
+            queue.spare = body;
+            match outcome {
+                Ok(end) => queue.acked_end = end,
+                Err(cause) => {
+                    tracing::error!(%cause, dir = %self.dir.display(), "log writer poisoned");
+                    queue.poisoned = Some(cause);
+                    queue.appends.clear();
+                }
+            }
+            let me_too = |t: &Thread| t.id() != me;
+            let go_on = queue.poisoned.is_none() && !queue.appends.is_empty();
+            let first_to_wake = if queue.poisoned.is_some() {
+                // Everyone must learn of the failure: wake them all now.
+                let mut all = waiters;
+                all.append(&mut queue.waiters);
+                all.append(&mut queue.wake_chain);
+                drop(queue);
+                for waiter in all.iter().filter(|t| me_too(t)) {
+                    waiter.unpark();
+                }
+                None
+            } else {
+                queue
+                    .wake_chain
+                    .extend(waiters.into_iter().filter(|t| me_too(t)));
+                let first = queue.wake_chain.pop();
+                drop(queue);
+                first
+            };
+            if let Some(first) = first_to_wake {
+                first.unpark();
+            }
+            queue = lock(&self.queue);
+            if !go_on || queue.appends.is_empty() {
+                break;
             }
         }
+        queue.leader_active = false;
+        // Hand over: the first pending appender (if any) becomes the next leader.
+        if let Some(next) = queue.waiters.first() {
+            next.unpark();
+        }
+        // `close` waits on the condition variable for the writer to go idle.
         self.queue_cv.notify_all();
         queue
     }
@@ -341,7 +411,13 @@ impl Shared {
             Err(cause) => {
                 tracing::error!(%cause, dir = %self.dir.display(), "log writer poisoned by the interval sync");
                 drop(io);
-                lock(&self.queue).poisoned = Some(cause);
+                let mut queue = lock(&self.queue);
+                queue.poisoned = Some(cause);
+                queue.appends.clear();
+                for waiter in queue.waiters.drain(..) {
+                    waiter.unpark();
+                }
+                drop(queue);
                 self.queue_cv.notify_all();
             }
         }
