@@ -11,6 +11,9 @@ use hybridstore_wal::{Error, Options, Position, Wal};
 
 const DIR: &str = "/log";
 
+/// Every file of a log directory, with its bytes.
+type Files = Vec<(PathBuf, Vec<u8>)>;
+
 fn options(fs: &SimFs) -> Options {
     Options {
         segment_size_bytes: 256,
@@ -20,7 +23,7 @@ fn options(fs: &SimFs) -> Options {
 }
 
 /// Builds the log: 3+ segments, batches of 1-3 records, closed cleanly.
-fn build() -> (Vec<(PathBuf, Vec<u8>)>, Vec<Vec<u8>>) {
+fn build() -> (Files, Vec<Vec<u8>>) {
     let fs = SimFs::new();
     let wal = Wal::open(DIR, options(&fs)).unwrap();
     let mut records = Vec::new();
