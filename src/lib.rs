@@ -1,13 +1,29 @@
 //! hybridstore: an event-sourced write-ahead log store for a Telegram chat bot.
 //!
 //! # Layout
-//! - [`demo`]: the `hybridstore demo` command — a simulated bot message loop on the embedded
-//!   default (log only, no servers) that reports throughput and latency.
-//! - The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is
-//!   `hybridstore-audit` (`tools/audit/`). Events, the `Store` handle and the projections are
-//!   built on top in the next steps (see `ARCHITECTURE.md`).
+//! - [`ids`]: newtypes for bots, streams, versions, timestamps, components, migration states.
+//! - [`events`]: the event catalogue, the stored envelope and its codec (postcard in the log,
+//!   JSON outside), upcasting of old schema versions.
+//! - [`store`]: the [`store::Store`] handle — validated, idempotent, optimistically concurrent
+//!   appends; stream and log reads; subscriptions.
+//! - [`projection`]: the in-memory read models (the embedded default's read path).
+//! - [`legacy`]: import of the old bot's JSON files, and export back to them.
+//! - [`demo`]: the `hybridstore demo` command.
+//! - [`error`]: input and store errors.
+//!
+//! The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is `hybridstore-audit`.
 
 pub mod demo;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod legacy;
+pub mod projection;
+pub mod store;
+
+pub use error::{InputError, Result, StoreError};
+pub use ids::{BotId, Component, MigrationState, StreamId, StreamKind, StreamVersion, Timestamp};
+pub use store::{AppendResult, ExpectedVersion, NewEvent, ReadDirection, Store, StoreConfig};
 
 /// The log lives in this subdirectory of the data directory.
 pub const WAL_SUBDIR: &str = "wal";

@@ -62,6 +62,11 @@ const _: () = assert!(FRAME_ALIGN.is_power_of_two());
 
 /// A dense record sequence number: the first record ever appended is position 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct Position(pub u64);
 
 impl Position {

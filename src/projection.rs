@@ -1,0 +1,473 @@
+//! The log projection: in-memory read models rebuilt from the log at open and kept live by
+//! following it. This is the embedded default's read path (design §4, "Components and their
+//! reads") and the reference the Postgres projection is compared with.
+//!
+//! # Invariants
+//! - `apply` is a pure function of the events in log order: a projection built live equals one
+//!   rebuilt from scratch (`tests/store_property.rs` checks this).
+//! - Memory stays bounded per conversation: only the last `tail_len` messages are kept; older ones
+//!   are read from the log through the store's per-stream index.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use hybridstore_wal::Position;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Event, Identity, RecordedEvent};
+use crate::ids::{BotId, Component, MigrationState, StreamKind, Timestamp};
+
+/// A user of the bot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserView {
+    /// Telegram user id.
+    pub user_id: i64,
+    /// `active` or `blocked`.
+    pub blocked: bool,
+    /// Why the user was blocked.
+    pub blocked_reason: Option<String>,
+    /// Telegram identity.
+    pub identity: Identity,
+    /// Settings (a JSON object).
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// When the user registered.
+    pub registered_at: Timestamp,
+}
+
+/// The chat partner's profile, in the old bot's JSON document layout (`girls_data/{chat}.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileDocument {
+    /// The chat.
+    pub chat_id: i64,
+    /// The partner's name.
+    pub name: String,
+    /// Last message time: as imported, or RFC 3339 for live messages.
+    pub last_activity: Option<serde_json::Value>,
+    /// Messages in and out.
+    pub message_count: u64,
+    /// Analyses: id → summary.
+    pub summary: BTreeMap<String, String>,
+    /// Fact snapshots: id → facts.
+    pub profile: BTreeMap<String, serde_json::Value>,
+    /// The last reply's response id (the next LLM request's `previous_response_id`).
+    pub previous_response_id: Option<String>,
+}
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From the partner.
+    In,
+    /// From the bot.
+    Out,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Where the event is in the log.
+    pub position: Position,
+    /// In or out.
+    pub direction: Direction,
+    /// The text.
+    pub text: String,
+    /// When.
+    pub at: Timestamp,
+    /// The `ts` of an imported message, as the old file had it.
+    pub legacy_ts: Option<serde_json::Value>,
+}
+
+impl MessageView {
+    /// The message an event describes, if it is a message.
+    pub fn from_event(event: &RecordedEvent) -> Option<MessageView> {
+        let (direction, text, legacy_ts) = match &event.event {
+            Event::MessageReceived(m) => (Direction::In, &m.text, &m.legacy_ts),
+            Event::MessageSent(m) => (Direction::Out, &m.text, &m.legacy_ts),
+            _ => return None,
+        };
+        Some(MessageView {
+            position: event.position,
+            direction,
+            text: text.clone(),
+            at: event.occurred_at,
+            legacy_ts: legacy_ts.as_ref().map(|t| t.value()),
+        })
+    }
+}
+
+/// A conversation's head: counts and times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConversationHead {
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Last received message time.
+    pub last_in_at: Option<Timestamp>,
+    /// Last sent message time.
+    pub last_out_at: Option<Timestamp>,
+    /// Messages received since the bot last replied.
+    pub unanswered: u64,
+    /// Messages before this position were cleared by `HistoryCleared`.
+    pub cleared_before: Position,
+}
+
+/// A conversation: its head and the last messages.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConversationView {
+    /// Counts and times.
+    pub head: ConversationHead,
+    /// The last messages, oldest first, at most the projection's `tail_len`.
+    pub tail: VecDeque<MessageView>,
+    /// Follow-ups scheduled and not yet fired or cancelled: id → due time.
+    pub followups: BTreeMap<String, Timestamp>,
+}
+
+/// Daily counters derived from events (UTC days).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DailyCounters {
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Chats with at least one message that day.
+    pub active_chats: u64,
+    /// LLM calls (sent messages with generation metadata, and `llm_call` analytics records).
+    pub llm_calls: u64,
+    /// LLM tokens (prompt + completion).
+    pub llm_tokens: u64,
+    #[serde(skip)]
+    chats_seen: HashSet<i64>,
+}
+
+/// The in-memory read models.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projection {
+    tail_len: usize,
+    applied_end: Position,
+    users: HashMap<(BotId, i64), UserView>,
+    profiles: HashMap<(BotId, i64), ProfileDocument>,
+    conversations: HashMap<(BotId, i64), ConversationView>,
+    config: HashMap<BotId, BTreeMap<(String, String), serde_json::Value>>,
+    components: HashMap<BotId, BTreeMap<Component, MigrationState>>,
+    analytics: HashMap<(BotId, String), DailyCounters>,
+}
+
+impl Projection {
+    /// An empty projection keeping `tail_len` messages per conversation.
+    pub fn new(tail_len: usize) -> Projection {
+        Projection {
+            tail_len,
+            applied_end: Position(0),
+            users: HashMap::new(),
+            profiles: HashMap::new(),
+            conversations: HashMap::new(),
+            config: HashMap::new(),
+            components: HashMap::new(),
+            analytics: HashMap::new(),
+        }
+    }
+
+    /// Position one past the last applied event.
+    pub fn applied_end(&self) -> Position {
+        self.applied_end
+    }
+
+    /// Marks positions below `end` applied (records that are not events of ours still advance it).
+    pub fn advance_to(&mut self, end: Position) {
+        self.applied_end = self.applied_end.max(end);
+    }
+
+    /// Applies one event. Events must come in log order.
+    pub fn apply(&mut self, recorded: &RecordedEvent) {
+        debug_assert!(
+            recorded.position >= self.applied_end,
+            "events applied out of order"
+        );
+        self.applied_end = recorded.position.advance(1);
+        let bot = recorded.bot_id.clone();
+        let key = recorded.stream.key();
+        let at = recorded.occurred_at;
+        match (&recorded.event, recorded.stream.kind(), key) {
+            (event, StreamKind::User, Some(user_id)) => self.apply_user(bot, user_id, at, event),
+            (event, StreamKind::Conversation, Some(chat_id)) => {
+                self.apply_conversation(recorded, bot, chat_id, event)
+            }
+            (Event::ConfigValueSet(e), StreamKind::Bot, _) => {
+                self.config
+                    .entry(bot)
+                    .or_default()
+                    .insert((e.scope.clone(), e.key.clone()), e.value.value());
+            }
+            (Event::ConfigValueUnset(e), StreamKind::Bot, _) => {
+                if let Some(values) = self.config.get_mut(&bot) {
+                    values.remove(&(e.scope.clone(), e.key.clone()));
+                }
+            }
+            (Event::ComponentStateChanged(e), StreamKind::Bot, _) => {
+                self.components
+                    .entry(bot)
+                    .or_default()
+                    .insert(e.component, e.to);
+            }
+            (Event::AnalyticsRecorded(e), StreamKind::Telemetry, _) if e.kind == "llm_call" => {
+                let tokens = e
+                    .properties
+                    .value()
+                    .get("tokens")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let day = self.analytics.entry((bot, at.date())).or_default();
+                day.llm_calls += 1;
+                day.llm_tokens += tokens;
+            }
+            // The store refuses events on the wrong kind of stream, so nothing else reaches here.
+            _ => {}
+        }
+    }
+
+    fn apply_user(&mut self, bot: BotId, user_id: i64, at: Timestamp, event: &Event) {
+        let key = (bot, user_id);
+        match event {
+            Event::UserRegistered(e) => {
+                self.users.insert(
+                    key,
+                    UserView {
+                        user_id,
+                        blocked: false,
+                        blocked_reason: None,
+                        identity: e.identity.clone(),
+                        settings: serde_json::Map::new(),
+                        registered_at: at,
+                    },
+                );
+            }
+            Event::UserErased(_) => {
+                self.users.remove(&key);
+            }
+            _ => {
+                let Some(user) = self.users.get_mut(&key) else {
+                    return;
+                };
+                match event {
+                    Event::UserIdentityUpdated(e) => user.identity = e.identity.clone(),
+                    Event::UserSettingsChanged(e) => {
+                        if let serde_json::Value::Object(changes) = e.settings.value() {
+                            for (name, value) in changes {
+                                if value.is_null() {
+                                    user.settings.remove(&name);
+                                } else {
+                                    user.settings.insert(name, value);
+                                }
+                            }
+                        }
+                    }
+                    Event::UserBlocked(e) => {
+                        user.blocked = true;
+                        user.blocked_reason = e.reason.clone();
+                    }
+                    Event::UserUnblocked(_) => {
+                        user.blocked = false;
+                        user.blocked_reason = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn apply_conversation(
+        &mut self,
+        recorded: &RecordedEvent,
+        bot: BotId,
+        chat_id: i64,
+        event: &Event,
+    ) {
+        let key = (bot, chat_id);
+        match event {
+            Event::ProfileCreated(e) => {
+                self.profiles.insert(
+                    key,
+                    ProfileDocument {
+                        chat_id,
+                        name: e.name.clone(),
+                        last_activity: None,
+                        message_count: 0,
+                        summary: BTreeMap::new(),
+                        profile: BTreeMap::new(),
+                        previous_response_id: None,
+                    },
+                );
+                return;
+            }
+            Event::ProfileDeleted(_) => {
+                self.profiles.remove(&key);
+                return;
+            }
+            _ => {}
+        }
+        if let Some(profile) = self.profiles.get_mut(&key) {
+            match event {
+                Event::ProfileRenamed(e) => profile.name = e.name.clone(),
+                Event::ProfileFactsRecorded(e) => {
+                    profile
+                        .profile
+                        .insert(e.snapshot_id.clone(), e.facts.value());
+                }
+                Event::ConversationAnalyzed(e) => {
+                    profile
+                        .summary
+                        .insert(e.analysis_id.clone(), e.summary.clone());
+                }
+                Event::ProfileLegacyStateImported(e) => {
+                    profile.last_activity = e.last_activity.as_ref().map(|t| t.value());
+                    profile.message_count = e.message_count;
+                    profile.previous_response_id = e.previous_response_id.clone();
+                }
+                Event::MessageReceived(_) | Event::MessageSent(_) => {
+                    profile.message_count += 1;
+                    profile.last_activity =
+                        Some(serde_json::Value::String(recorded.occurred_at.to_rfc3339()));
+                    if let Event::MessageSent(sent) = event {
+                        if let Some(response_id) =
+                            sent.generation.as_ref().and_then(|g| g.response_id.clone())
+                        {
+                            profile.previous_response_id = Some(response_id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (bot, chat_id) = key;
+        let conversation = self
+            .conversations
+            .entry((bot.clone(), chat_id))
+            .or_default();
+        match event {
+            Event::HistoryCleared(_) => {
+                conversation.tail.clear();
+                conversation.head.cleared_before = recorded.position;
+            }
+            Event::FollowupScheduled(e) => {
+                conversation
+                    .followups
+                    .insert(e.followup_id.clone(), e.due_at);
+            }
+            Event::FollowupCancelled(e) => {
+                conversation.followups.remove(&e.followup_id);
+            }
+            Event::FollowupFired(e) => {
+                conversation.followups.remove(&e.followup_id);
+            }
+            Event::MessageReceived(_) | Event::MessageSent(_) => {
+                let Some(message) = MessageView::from_event(recorded) else {
+                    return;
+                };
+                let head = &mut conversation.head;
+                let day = self
+                    .analytics
+                    .entry((bot, recorded.occurred_at.date()))
+                    .or_default();
+                if day.chats_seen.insert(chat_id) {
+                    day.active_chats += 1;
+                }
+                match &recorded.event {
+                    Event::MessageReceived(_) => {
+                        head.messages_in += 1;
+                        head.last_in_at = Some(message.at);
+                        head.unanswered += 1;
+                        day.messages_in += 1;
+                    }
+                    Event::MessageSent(sent) => {
+                        head.messages_out += 1;
+                        head.last_out_at = Some(message.at);
+                        head.unanswered = 0;
+                        day.messages_out += 1;
+                        if let Some(generation) = &sent.generation {
+                            day.llm_calls += 1;
+                            day.llm_tokens += u64::from(generation.prompt_tokens)
+                                + u64::from(generation.completion_tokens);
+                        }
+                    }
+                    _ => {}
+                }
+                conversation.tail.push_back(message);
+                while conversation.tail.len() > self.tail_len {
+                    conversation.tail.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A user.
+    pub fn user(&self, bot: &BotId, user_id: i64) -> Option<&UserView> {
+        self.users.get(&(bot.clone(), user_id))
+    }
+
+    /// A chat partner's profile document.
+    pub fn profile(&self, bot: &BotId, chat_id: i64) -> Option<&ProfileDocument> {
+        self.profiles.get(&(bot.clone(), chat_id))
+    }
+
+    /// Every profile of a bot (for export), by chat id.
+    pub fn profiles(&self, bot: &BotId) -> BTreeMap<i64, &ProfileDocument> {
+        self.profiles
+            .iter()
+            .filter(|((b, _), _)| b == bot)
+            .map(|((_, chat), p)| (*chat, p))
+            .collect()
+    }
+
+    /// Every bot with a profile or conversation.
+    pub fn bots(&self) -> Vec<BotId> {
+        let mut bots: Vec<BotId> = self
+            .profiles
+            .keys()
+            .chain(self.conversations.keys())
+            .map(|(b, _)| b.clone())
+            .collect();
+        bots.sort();
+        bots.dedup();
+        bots
+    }
+
+    /// A conversation.
+    pub fn conversation(&self, bot: &BotId, chat_id: i64) -> Option<&ConversationView> {
+        self.conversations.get(&(bot.clone(), chat_id))
+    }
+
+    /// Chat ids with a conversation, for a bot.
+    pub fn conversation_chats(&self, bot: &BotId) -> Vec<i64> {
+        let mut chats: Vec<i64> = self
+            .conversations
+            .keys()
+            .filter(|(b, _)| b == bot)
+            .map(|(_, c)| *c)
+            .collect();
+        chats.sort_unstable();
+        chats
+    }
+
+    /// A configuration value.
+    pub fn config_value(&self, bot: &BotId, scope: &str, key: &str) -> Option<&serde_json::Value> {
+        self.config
+            .get(bot)?
+            .get(&(scope.to_owned(), key.to_owned()))
+    }
+
+    /// A component's migration state (`disabled` until changed).
+    pub fn component_state(&self, bot: &BotId, component: Component) -> MigrationState {
+        self.components
+            .get(bot)
+            .and_then(|c| c.get(&component))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The counters of a UTC day (`YYYY-MM-DD`).
+    pub fn daily(&self, bot: &BotId, date: &str) -> Option<&DailyCounters> {
+        self.analytics.get(&(bot.clone(), date.to_owned()))
+    }
+}

@@ -1,0 +1,804 @@
+//! The [`Store`] handle: appends events to the log and serves reads from the log projection.
+//!
+//! An append, step by step:
+//! 1. Validate the input (stream kind, sizes, keys) — bad input appends nothing.
+//! 2. If an event id or idempotency key was already recorded, return the original result.
+//! 3. Take the stream's lock (appends to different streams proceed in parallel and share the
+//!    log's group commit), check the expected version, encode the envelopes.
+//! 4. Append them to the log as one atomic batch (durable when it returns, in `always` mode).
+//! 5. Record the new stream version, the positions and the dedupe keys; release the lock.
+//!
+//! The projection follows the durable log on its own thread, so reads may lag an append by a few
+//! microseconds; a read that passes `min_position` waits (bounded) until the projection has
+//! applied it.
+//!
+//! # Invariants
+//! - The per-stream index and the dedupe index are derived from the log: rebuilt at open.
+//! - Only durable events reach the projection and subscribers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use hybridstore_wal::{Options as WalOptions, Position, Wal};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::error::{InputError, Result, StoreError};
+use crate::events::{decode_record, Event, RecordedEvent, StoredEvent};
+use crate::ids::{StreamId, StreamVersion, Timestamp};
+use crate::projection::Projection;
+
+/// Default limit on one event's encoded size: 1 MiB.
+pub const EVENT_SIZE_MAX_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Most events in one append.
+pub const APPEND_EVENTS_MAX: usize = 1000;
+/// Longest idempotency key.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
+
+/// Configuration of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory; the log lives in `data_dir/wal`.
+    pub data_dir: PathBuf,
+    /// Options of the log (durability, segment size, storage seam).
+    pub wal: WalOptions,
+    /// Largest encoded event accepted.
+    pub event_size_max_bytes: usize,
+    /// Messages kept in memory per conversation; older ones are read from the log.
+    pub conversation_tail_len: usize,
+    /// Longest a read with `min_position` waits for the projection.
+    pub read_wait_max: Duration,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            wal: WalOptions::default(),
+            event_size_max_bytes: EVENT_SIZE_MAX_BYTES_DEFAULT,
+            conversation_tail_len: 50,
+            read_wait_max: Duration::from_secs(2),
+        }
+    }
+
+    /// The log directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join(crate::WAL_SUBDIR)
+    }
+}
+
+/// What an append expects of its stream (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version.
+    Exact(StreamVersion),
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event id (UUIDv7); generated if `None`. Supply it to make retries idempotent.
+    pub event_id: Option<Uuid>,
+    /// An idempotency key, e.g. `tg:{chat}:{message}:in`.
+    pub idempotency_key: Option<String>,
+    /// When it happened; now if `None`.
+    pub occurred_at: Option<Timestamp>,
+    /// The event.
+    pub event: Event,
+}
+
+impl NewEvent {
+    /// An event with a fresh id, happening now.
+    pub fn new(event: Event) -> NewEvent {
+        NewEvent {
+            event_id: None,
+            idempotency_key: None,
+            occurred_at: None,
+            event,
+        }
+    }
+
+    /// Sets the idempotency key.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> NewEvent {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the event id.
+    #[must_use]
+    pub fn with_id(mut self, id: Uuid) -> NewEvent {
+        self.event_id = Some(id);
+        self
+    }
+
+    /// Sets when it happened.
+    #[must_use]
+    pub fn at(mut self, occurred_at: Timestamp) -> NewEvent {
+        self.occurred_at = Some(occurred_at);
+        self
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Position of the first event.
+    pub first_position: Position,
+    /// Position of the last event (pass it as `min_position` to read your writes).
+    pub last_position: Position,
+    /// The stream's version after the append (its last event's version).
+    pub stream_version: StreamVersion,
+}
+
+/// Which way to read a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadDirection {
+    /// Oldest first, from the given version up.
+    Forward,
+    /// Newest first, from the given version down.
+    Backward,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DedupeKey {
+    EventId(Uuid),
+    Key(String),
+}
+
+/// A stream's entry in the per-stream index.
+#[derive(Debug, Default)]
+struct StreamEntry {
+    /// Position of each event, by stream version.
+    positions: Vec<Position>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    wal: Wal,
+    streams: DashMap<StreamId, StreamEntry>,
+    stream_locks: DashMap<StreamId, Arc<tokio::sync::Mutex<()>>>,
+    dedupe: DashMap<DedupeKey, AppendResult>,
+    projection: RwLock<Projection>,
+    applied: watch::Sender<Position>,
+    tail_error: Mutex<Option<String>>,
+    shutdown: Arc<AtomicBool>,
+    tailer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The store: cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a rebuild from the log found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildStats {
+    /// Events applied.
+    pub events: u64,
+    /// Position one past the last event.
+    pub end: Position,
+}
+
+impl Store {
+    /// Opens the store: opens (and recovers) the log, rebuilds the indexes and the projection
+    /// from it, and starts following it.
+    ///
+    /// # Errors
+    /// A log error, or [`StoreError::Decode`] naming the position of a record that does not decode
+    /// (an unknown event type is reported, never skipped).
+    pub async fn open(config: StoreConfig) -> Result<Store> {
+        let blocking_config = config.clone();
+        tokio::task::spawn_blocking(move || Store::open_blocking(blocking_config))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// [`Store::open`] for callers outside an async runtime.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_blocking(config: StoreConfig) -> Result<Store> {
+        let wal = Wal::open(config.wal_dir(), config.wal.clone())?;
+        let streams = DashMap::new();
+        let dedupe = DashMap::new();
+        let mut projection = Projection::new(config.conversation_tail_len);
+        let stats = rebuild(&wal, &mut projection, Some((&streams, &dedupe)))?;
+        tracing::info!(events = stats.events, end = %stats.end, "rebuilt the log projection");
+        let (applied, _) = watch::channel(projection.applied_end());
+        let inner = Arc::new(Inner {
+            config,
+            wal,
+            streams,
+            stream_locks: DashMap::new(),
+            dedupe,
+            projection: RwLock::new(projection),
+            applied,
+            tail_error: Mutex::new(None),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            tailer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let from = stats.end;
+        let shutdown = inner.shutdown.clone();
+        let reader = inner.wal.reader(from)?;
+        let handle = std::thread::Builder::new()
+            .name("hybridstore-projector".into())
+            .spawn(move || follow(weak, reader, shutdown))
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        *inner.tailer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(Store { inner })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// Position one past the last durable event.
+    pub fn durable_end(&self) -> Position {
+        self.inner.wal.durable_end()
+    }
+
+    /// Appends `events` to `stream` as one atomic batch.
+    ///
+    /// # Errors
+    /// [`StoreError::Input`] for bad input and [`StoreError::WrongExpectedVersion`] for a
+    /// conflict (both append nothing); [`StoreError::Log`] when the log fails.
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let inner = &self.inner;
+        let keys = validate(stream, &events)?;
+        if let Some(original) = keys.iter().find_map(|k| inner.dedupe.get(k).map(|r| *r)) {
+            return Ok(original);
+        }
+        let lock = inner
+            .stream_locks
+            .entry(stream.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if let Some(original) = keys.iter().find_map(|k| inner.dedupe.get(k).map(|r| *r)) {
+            return Ok(original);
+        }
+        let current = inner.streams.get(stream).map(|s| s.positions.len() as u64);
+        let actual = current.and_then(|n| n.checked_sub(1)).map(StreamVersion);
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual.is_none(),
+            ExpectedVersion::Exact(version) => actual == Some(version),
+        };
+        if !matches {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual,
+            });
+        }
+        let first_version = current.unwrap_or(0);
+        let recorded_at = Timestamp::now();
+        let mut records = Vec::with_capacity(events.len());
+        for (index, new) in events.iter().enumerate() {
+            let stored = StoredEvent::new(
+                stream,
+                StreamVersion(first_version + index as u64),
+                (index as u32, events.len() as u32),
+                new.event_id.unwrap_or_else(Uuid::now_v7),
+                new.idempotency_key.clone(),
+                recorded_at,
+                new.occurred_at.unwrap_or(recorded_at),
+                &new.event,
+            )
+            .and_then(|s| s.encode())
+            .map_err(|e| StoreError::Task(format!("encoding an event: {e}")))?;
+            if stored.len() > inner.config.event_size_max_bytes {
+                return Err(InputError::EventTooLarge {
+                    index,
+                    event_type: new.event.type_name(),
+                    encoded_len: stored.len(),
+                    max: inner.config.event_size_max_bytes,
+                }
+                .into());
+            }
+            records.push(stored);
+        }
+        let event_ids: Vec<Uuid> = records
+            .iter()
+            .map(|r| StoredEvent::decode(r).map(|s| Uuid::from_bytes(s.event_id)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| StoreError::Task(format!("re-reading an envelope: {e}")))?;
+        let wal = inner.wal.clone();
+        let appended = tokio::task::spawn_blocking(move || wal.append(&records))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let result = AppendResult {
+            first_position: appended.first,
+            last_position: appended.last,
+            stream_version: StreamVersion(first_version + events.len() as u64 - 1),
+        };
+        {
+            let mut entry = inner.streams.entry(stream.clone()).or_default();
+            entry
+                .positions
+                .extend((appended.first.0..=appended.last.0).map(Position));
+        }
+        for id in event_ids {
+            inner.dedupe.insert(DedupeKey::EventId(id), result);
+        }
+        for key in events.iter().filter_map(|e| e.idempotency_key.clone()) {
+            inner.dedupe.insert(DedupeKey::Key(key), result);
+        }
+        Ok(result)
+    }
+
+    /// Waits until the projection has applied `min_position` (if given), then runs `read` on it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotCaughtUp`] if the projection does not get there within the configured
+    /// wait.
+    pub async fn read_projection<T>(
+        &self,
+        min_position: Option<Position>,
+        read: impl FnOnce(&Projection) -> T,
+    ) -> Result<T> {
+        if let Some(min) = min_position {
+            self.wait_applied(min).await?;
+        }
+        let projection = self
+            .inner
+            .projection
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(read(&projection))
+    }
+
+    async fn wait_applied(&self, min: Position) -> Result<()> {
+        let mut receiver = self.inner.applied.subscribe();
+        let started = Instant::now();
+        let wait = self.inner.config.read_wait_max;
+        let reached = tokio::time::timeout(wait, receiver.wait_for(|applied| *applied > min)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::NotCaughtUp {
+                min_position: min,
+                applied: *self.inner.applied.borrow(),
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
+    /// Events of `stream` from version `from` in `direction`, at most `limit`.
+    ///
+    /// # Errors
+    /// A log or decode error.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: ReadDirection,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let positions: Vec<Position> = {
+            let Some(entry) = self.inner.streams.get(stream) else {
+                return Ok(Vec::new());
+            };
+            let all = &entry.positions;
+            let from = usize::try_from(from.0).unwrap_or(usize::MAX);
+            match direction {
+                ReadDirection::Forward => all.iter().skip(from).take(limit).copied().collect(),
+                ReadDirection::Backward => {
+                    let end = from.saturating_add(1).min(all.len());
+                    all[..end].iter().rev().take(limit).copied().collect()
+                }
+            }
+        };
+        self.read_positions(positions).await
+    }
+
+    /// Reads the events at `positions` (in the order given).
+    async fn read_positions(&self, positions: Vec<Position>) -> Result<Vec<RecordedEvent>> {
+        let wal = self.inner.wal.clone();
+        tokio::task::spawn_blocking(move || {
+            positions
+                .into_iter()
+                .map(|position| {
+                    let record = wal
+                        .reader(position)?
+                        .next_record()?
+                        .ok_or(StoreError::Task(format!(
+                            "position {position} is not durable"
+                        )))?;
+                    decode_record(record.position, &record.data)
+                        .map_err(|source| StoreError::Decode { position, source })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Every event from `from`, at most `limit`, in log order.
+    ///
+    /// # Errors
+    /// A log or decode error.
+    pub async fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let wal = self.inner.wal.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = wal.reader(from)?;
+            let mut events = Vec::new();
+            while events.len() < limit {
+                let Some(record) = reader.next_record()? else {
+                    break;
+                };
+                events.push(
+                    decode_record(record.position, &record.data).map_err(|source| {
+                        StoreError::Decode {
+                            position: record.position,
+                            source,
+                        }
+                    })?,
+                );
+            }
+            Ok(events)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The last `limit` messages of a conversation, oldest first; older than the in-memory tail
+    /// are read from the log.
+    ///
+    /// # Errors
+    /// [`StoreError::NotCaughtUp`], or a log or decode error.
+    pub async fn last_messages(
+        &self,
+        stream: &StreamId,
+        limit: usize,
+        min_position: Option<Position>,
+    ) -> Result<Vec<crate::projection::MessageView>> {
+        let (Some(chat), bot) = (stream.key(), stream.bot_id().clone()) else {
+            return Ok(Vec::new());
+        };
+        let (mut tail, cleared_before, applied) = self
+            .read_projection(min_position, |p| {
+                let conversation = p.conversation(&bot, chat);
+                let tail: Vec<_> = conversation
+                    .map(|c| c.tail.iter().cloned().collect())
+                    .unwrap_or_default();
+                (
+                    tail,
+                    conversation.map_or(Position(0), |c| c.head.cleared_before),
+                    p.applied_end(),
+                )
+            })
+            .await?;
+        if tail.len() >= limit {
+            return Ok(tail.split_off(tail.len() - limit));
+        }
+        // Older messages: walk the stream's positions backwards from the oldest one in memory.
+        let oldest_in_memory = tail.first().map_or(applied, |m| m.position);
+        let older: Vec<Position> = self
+            .inner
+            .streams
+            .get(stream)
+            .map(|entry| {
+                entry
+                    .positions
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|p| *p < oldest_in_memory && *p >= cleared_before)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut wanted = limit - tail.len();
+        let mut before = Vec::new();
+        for chunk in older.chunks(64) {
+            if wanted == 0 {
+                break;
+            }
+            for event in self.read_positions(chunk.to_vec()).await? {
+                if wanted == 0 {
+                    break;
+                }
+                if let Some(message) = crate::projection::MessageView::from_event(&event) {
+                    before.push(message);
+                    wanted -= 1;
+                }
+            }
+        }
+        before.reverse();
+        before.extend(tail);
+        Ok(before)
+    }
+
+    /// A fresh projection rebuilt from the whole log (for checks and `--verify`).
+    ///
+    /// # Errors
+    /// A log or decode error.
+    pub async fn rebuild_projection(&self) -> Result<(Projection, RebuildStats)> {
+        let wal = self.inner.wal.clone();
+        let tail_len = self.inner.config.conversation_tail_len;
+        tokio::task::spawn_blocking(move || {
+            let mut projection = Projection::new(tail_len);
+            let stats = rebuild(&wal, &mut projection, None)?;
+            Ok((projection, stats))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// A copy of the live projection once it has applied everything durable now.
+    ///
+    /// # Errors
+    /// [`StoreError::NotCaughtUp`].
+    pub async fn projection_snapshot(&self) -> Result<Projection> {
+        let end = self.durable_end();
+        let min = (end.0 > 0).then(|| Position(end.0 - 1));
+        self.read_projection(min, Clone::clone).await
+    }
+
+    /// Follows the durable log from `from`: every event exactly once, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Log`] if `from` was truncated away.
+    pub fn subscribe(&self, from: Position) -> Result<Subscription> {
+        let mut reader = self.inner.wal.reader(from)?;
+        let (sender, receiver) = mpsc::channel(1024);
+        let shutdown = self.inner.shutdown.clone();
+        std::thread::Builder::new()
+            .name("hybridstore-subscription".into())
+            .spawn(move || loop {
+                if shutdown.load(Ordering::Relaxed) || sender.is_closed() {
+                    return;
+                }
+                let item = match reader.next_blocking(Duration::from_millis(100)) {
+                    Ok(None) => continue,
+                    Ok(Some(record)) => {
+                        decode_record(record.position, &record.data).map_err(|source| {
+                            StoreError::Decode {
+                                position: record.position,
+                                source,
+                            }
+                        })
+                    }
+                    Err(error) => Err(StoreError::Log(error)),
+                };
+                let failed = item.is_err();
+                if sender.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            })
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        Ok(Subscription { receiver })
+    }
+
+    /// Stops following the log and closes it cleanly. Other clones fail afterwards.
+    ///
+    /// # Errors
+    /// A log error from the clean shutdown.
+    pub async fn close(self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.shutdown_blocking())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The error that stopped the projection, if any (a record that does not decode).
+    pub fn projection_error(&self) -> Option<String> {
+        self.inner
+            .tail_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Inner {
+    fn shutdown_blocking(&self) -> Result<()> {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+        self.wal.clone().close()?;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A live subscription: durable events in log order, each exactly once.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: mpsc::Receiver<Result<RecordedEvent>>,
+}
+
+impl Subscription {
+    /// The next event; waits for it to become durable. `None` once the store has closed.
+    pub async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        self.receiver.recv().await
+    }
+}
+
+fn validate(stream: &StreamId, events: &[NewEvent]) -> Result<Vec<DedupeKey>, InputError> {
+    if events.is_empty() {
+        return Err(InputError::EmptyAppend);
+    }
+    if events.len() > APPEND_EVENTS_MAX {
+        return Err(InputError::TooManyEvents {
+            count: events.len(),
+            max: APPEND_EVENTS_MAX,
+        });
+    }
+    let mut keys = Vec::new();
+    for (index, new) in events.iter().enumerate() {
+        if new.event.stream_kind() != stream.kind() {
+            return Err(InputError::WrongStreamKind {
+                event_type: new.event.type_name(),
+                stream: stream.clone(),
+                expected: new.event.stream_kind(),
+            });
+        }
+        if let Event::UserSettingsChanged(e) = &new.event {
+            if !e.settings.value().is_object() {
+                return Err(InputError::NotAnObject { field: "settings" });
+            }
+        }
+        if let Event::ProfileFactsRecorded(e) = &new.event {
+            if !e.facts.value().is_object() {
+                return Err(InputError::NotAnObject { field: "facts" });
+            }
+        }
+        let mut own = Vec::new();
+        if let Some(id) = new.event_id {
+            own.push(DedupeKey::EventId(id));
+        }
+        if let Some(key) = &new.idempotency_key {
+            if key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+                return Err(InputError::IdempotencyKeyTooLong { len: key.len() });
+            }
+            own.push(DedupeKey::Key(key.clone()));
+        }
+        for key in own {
+            if keys.contains(&key) {
+                return Err(InputError::DuplicateInAppend { index });
+            }
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+type Indexes<'a> = (
+    &'a DashMap<StreamId, StreamEntry>,
+    &'a DashMap<DedupeKey, AppendResult>,
+);
+
+/// Applies every durable event of `wal` to `projection` (and fills the indexes, if given).
+fn rebuild(
+    wal: &Wal,
+    projection: &mut Projection,
+    indexes: Option<Indexes<'_>>,
+) -> Result<RebuildStats> {
+    let mut events = 0u64;
+    let mut reader = wal.reader(wal.first_position())?;
+    while let Some(record) = reader.next_record()? {
+        let event =
+            decode_record(record.position, &record.data).map_err(|source| StoreError::Decode {
+                position: record.position,
+                source,
+            })?;
+        if let Some((streams, dedupe)) = indexes {
+            streams
+                .entry(event.stream.clone())
+                .or_default()
+                .positions
+                .push(event.position);
+            // The append this event was part of, as it was returned to the appender.
+            let back = u64::from(event.batch_index);
+            let ahead = u64::from(event.batch_len.saturating_sub(1))
+                - back.min(u64::from(event.batch_len.saturating_sub(1)));
+            let result = AppendResult {
+                first_position: Position(event.position.0 - back.min(event.position.0)),
+                last_position: event.position.advance(ahead),
+                stream_version: StreamVersion(event.stream_version.0 + ahead),
+            };
+            dedupe.insert(DedupeKey::EventId(event.event_id), result);
+            if let Some(key) = &event.idempotency_key {
+                dedupe.insert(DedupeKey::Key(key.clone()), result);
+            }
+        }
+        projection.apply(&event);
+        events += 1;
+    }
+    projection.advance_to(reader.position());
+    Ok(RebuildStats {
+        events,
+        end: reader.position(),
+    })
+}
+
+/// The projector thread: applies durable events as they come, publishing how far it got.
+fn follow(
+    inner: std::sync::Weak<Inner>,
+    mut reader: hybridstore_wal::Reader,
+    shutdown: Arc<AtomicBool>,
+) {
+    while !shutdown.load(Ordering::Relaxed) {
+        let record = match reader.next_blocking(Duration::from_millis(100)) {
+            Ok(Some(record)) => record,
+            Ok(None) => continue,
+            Err(error) => {
+                report_tail_error(&inner, format!("the projection stopped: {error}"));
+                return;
+            }
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let mut batch = vec![record];
+        while batch.len() < 1024 {
+            match reader.next_record() {
+                Ok(Some(record)) => batch.push(record),
+                _ => break,
+            }
+        }
+        let mut projection = inner.projection.write().unwrap_or_else(|p| p.into_inner());
+        for record in &batch {
+            match decode_record(record.position, &record.data) {
+                Ok(event) => projection.apply(&event),
+                Err(error) => {
+                    let message = format!(
+                        "the projection stopped at position {}: {error}",
+                        record.position
+                    );
+                    tracing::error!("{message}");
+                    *inner.tail_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                    return;
+                }
+            }
+        }
+        let end = projection.applied_end();
+        drop(projection);
+        inner.applied.send_replace(end);
+    }
+}
+
+fn report_tail_error(inner: &std::sync::Weak<Inner>, message: String) {
+    tracing::error!("{message}");
+    if let Some(inner) = inner.upgrade() {
+        *inner.tail_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+}
