@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ pub const BOT_ID_LEN_MAX: usize = 64;
 /// a stream id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct BotId(String);
+pub struct BotId(Arc<str>);
 
 impl BotId {
     /// Validates a bot id.
@@ -28,7 +29,7 @@ impl BotId {
             && id.len() <= BOT_ID_LEN_MAX
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if valid {
-            Ok(BotId(id))
+            Ok(BotId(id.into()))
         } else {
             Err(InputError::InvalidBotId { id })
         }
@@ -49,7 +50,7 @@ impl TryFrom<String> for BotId {
 
 impl From<BotId> for String {
     fn from(id: BotId) -> String {
-        id.0
+        id.0.to_string()
     }
 }
 
@@ -235,6 +236,21 @@ impl Timestamp {
         self.0.div_euclid(86_400_000)
     }
 
+    /// Parses a UTC calendar date `YYYY-MM-DD` into days since 1970-01-01.
+    pub fn parse_date(date: &str) -> Option<i64> {
+        let mut parts = date.splitn(3, '-');
+        let (y, m, d) = (
+            parts.next()?.parse::<i64>().ok()?,
+            parts.next()?.parse::<u32>().ok()?,
+            parts.next()?.parse::<u32>().ok()?,
+        );
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+            return None;
+        }
+        let days = days_from_civil(y, m, d);
+        (civil_from_days(days) == (y, m, d)).then_some(days)
+    }
+
     /// The UTC calendar date, `YYYY-MM-DD`.
     pub fn date(self) -> String {
         let (y, m, d) = civil_from_days(self.day());
@@ -253,6 +269,17 @@ impl Timestamp {
             ms % 1000
         )
     }
+}
+
+/// Converts a civil date to days since the epoch (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Converts days since the epoch to a (year, month, day) civil date (Howard Hinnant's algorithm).
@@ -387,6 +414,11 @@ mod tests {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
         assert_eq!(Timestamp(951_782_400_000).date(), "2000-02-29");
         assert_eq!(Timestamp(-1).date(), "1969-12-31");
+        for day in [-700i64, -1, 0, 11_016, 20_000, 1_000_000] {
+            let date = Timestamp(day * 86_400_000).date();
+            assert_eq!(Timestamp::parse_date(&date), Some(day), "{date}");
+        }
+        assert_eq!(Timestamp::parse_date("2026-02-30"), None);
         assert_eq!(
             Timestamp(1_795_000_000_123).to_rfc3339(),
             "2026-11-18T11:06:40.123Z"

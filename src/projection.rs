@@ -150,7 +150,7 @@ pub struct Projection {
     conversations: HashMap<(BotId, i64), ConversationView>,
     config: HashMap<BotId, BTreeMap<(String, String), serde_json::Value>>,
     components: HashMap<BotId, BTreeMap<Component, MigrationState>>,
-    analytics: HashMap<(BotId, String), DailyCounters>,
+    analytics: HashMap<(BotId, i64), DailyCounters>,
 }
 
 impl Projection {
@@ -217,7 +217,7 @@ impl Projection {
                     .get("tokens")
                     .and_then(serde_json::Value::as_u64)
                     .unwrap_or(0);
-                let day = self.analytics.entry((bot, at.date())).or_default();
+                let day = self.analytics.entry((bot, at.day())).or_default();
                 day.llm_calls += 1;
                 day.llm_tokens += tokens;
             }
@@ -367,7 +367,7 @@ impl Projection {
                 let head = &mut conversation.head;
                 let day = self
                     .analytics
-                    .entry((bot, recorded.occurred_at.date()))
+                    .entry((bot, recorded.occurred_at.day()))
                     .or_default();
                 if day.chats_seen.insert(chat_id) {
                     day.active_chats += 1;
@@ -468,6 +468,7 @@ impl Projection {
 
     /// The counters of a UTC day (`YYYY-MM-DD`).
     pub fn daily(&self, bot: &BotId, date: &str) -> Option<&DailyCounters> {
-        self.analytics.get(&(bot.clone(), date.to_owned()))
+        self.analytics
+            .get(&(bot.clone(), Timestamp::parse_date(date)?))
     }
 }

@@ -308,12 +308,14 @@ impl Store {
         let first_version = current.unwrap_or(0);
         let recorded_at = Timestamp::now();
         let mut records = Vec::with_capacity(events.len());
+        let mut event_ids = Vec::with_capacity(events.len());
         for (index, new) in events.iter().enumerate() {
+            let event_id = new.event_id.unwrap_or_else(Uuid::now_v7);
             let stored = StoredEvent::new(
                 stream,
                 StreamVersion(first_version + index as u64),
                 (index as u32, events.len() as u32),
-                new.event_id.unwrap_or_else(Uuid::now_v7),
+                event_id,
                 new.idempotency_key.clone(),
                 recorded_at,
                 new.occurred_at.unwrap_or(recorded_at),
@@ -331,12 +333,8 @@ impl Store {
                 .into());
             }
             records.push(stored);
+            event_ids.push(event_id);
         }
-        let event_ids: Vec<Uuid> = records
-            .iter()
-            .map(|r| StoredEvent::decode(r).map(|s| Uuid::from_bytes(s.event_id)))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| StoreError::Task(format!("re-reading an envelope: {e}")))?;
         let wal = inner.wal.clone();
         let appended = tokio::task::spawn_blocking(move || wal.append(&records))
             .await
