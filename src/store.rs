@@ -634,8 +634,20 @@ impl Inner {
 }
 
 impl Drop for Inner {
+    /// A store dropped without [`Store::close`] still stops its projector and closes the log, so
+    /// the directory's lock is free for the next open at once.
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::Relaxed);
+        let handle = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            // The projector may itself hold the last reference; it must not join itself.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+        if let Err(error) = self.wal.clone().close() {
+            tracing::warn!(%error, "closing the log on drop failed");
+        }
     }
 }
 
