@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::error::{InputError, Result, StoreError};
 use crate::events::{decode_record, Event, RecordedEvent, StoredEvent};
-use crate::ids::{StreamId, StreamVersion, Timestamp};
+use crate::ids::{StreamId, StreamKind, StreamVersion, Timestamp};
 use crate::projection::Projection;
 
 /// Default limit on one event's encoded size: 1 MiB.
@@ -287,7 +287,8 @@ impl Store {
             .entry(stream.clone())
             .or_default()
             .clone();
-        let _guard = lock.lock().await;
+        // An owned guard, so that it can travel with the log append below.
+        let guard = lock.lock_owned().await;
         if let Some(original) = keys.iter().find_map(|k| inner.dedupe.get(k).map(|r| *r)) {
             return Ok(original);
         }
@@ -335,27 +336,41 @@ impl Store {
             records.push(stored);
             event_ids.push(event_id);
         }
-        let wal = inner.wal.clone();
-        let appended = tokio::task::spawn_blocking(move || wal.append(&records))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-        let result = AppendResult {
-            first_position: appended.first,
-            last_position: appended.last,
-            stream_version: StreamVersion(first_version + events.len() as u64 - 1),
-        };
-        {
-            let mut entry = inner.streams.entry(stream.clone()).or_default();
-            entry
-                .positions
-                .extend((appended.first.0..=appended.last.0).map(Position));
-        }
-        for id in event_ids {
-            inner.dedupe.insert(DedupeKey::EventId(id), result);
-        }
-        for key in events.iter().filter_map(|e| e.idempotency_key.clone()) {
-            inner.dedupe.insert(DedupeKey::Key(key), result);
-        }
+        let count = events.len() as u64;
+        let idempotency_keys: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.idempotency_key.clone())
+            .collect();
+        let stream = stream.clone();
+        let inner = self.inner.clone();
+        // The log append, the index updates and the stream's lock run as one task: if the caller
+        // stops waiting (its future is dropped, e.g. a client disconnects), the append still
+        // completes and is recorded before the stream accepts another append. Otherwise the next
+        // append would reuse the stream version and a retry would append the events twice.
+        let result = tokio::task::spawn_blocking(move || -> Result<AppendResult> {
+            let _guard = guard;
+            let appended = inner.wal.append(&records)?;
+            let result = AppendResult {
+                first_position: appended.first,
+                last_position: appended.last,
+                stream_version: StreamVersion(first_version + count - 1),
+            };
+            {
+                let mut entry = inner.streams.entry(stream).or_default();
+                entry
+                    .positions
+                    .extend((appended.first.0..=appended.last.0).map(Position));
+            }
+            for id in event_ids {
+                inner.dedupe.insert(DedupeKey::EventId(id), result);
+            }
+            for key in idempotency_keys {
+                inner.dedupe.insert(DedupeKey::Key(key), result);
+            }
+            Ok(result)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(result)
     }
 
@@ -406,11 +421,14 @@ impl Store {
         direction: ReadDirection,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        // Under `interval` or `never` durability an append returns before its records are
+        // durable, and readers of the log see durable records only: leave those out.
+        let durable_end = self.inner.wal.durable_end();
         let positions: Vec<Position> = {
             let Some(entry) = self.inner.streams.get(stream) else {
                 return Ok(Vec::new());
             };
-            let all = &entry.positions;
+            let all = &entry.positions[..entry.positions.partition_point(|p| *p < durable_end)];
             let from = usize::try_from(from.0).unwrap_or(usize::MAX);
             match direction {
                 ReadDirection::Forward => all.iter().skip(from).take(limit).copied().collect(),
@@ -484,7 +502,11 @@ impl Store {
         limit: usize,
         min_position: Option<Position>,
     ) -> Result<Vec<crate::projection::MessageView>> {
-        let (Some(chat), bot) = (stream.key(), stream.bot_id().clone()) else {
+        // Only conversations have messages; a user stream's key is a user id, which for a
+        // private chat equals a chat id, so it must not be looked up as one.
+        let (StreamKind::Conversation, Some(chat), bot) =
+            (stream.kind(), stream.key(), stream.bot_id().clone())
+        else {
             return Ok(Vec::new());
         };
         let (mut tail, cleared_before, applied) = self
@@ -625,10 +647,13 @@ impl Store {
 impl Inner {
     fn shutdown_blocking(&self) -> Result<()> {
         self.shutdown.store(true, Ordering::Relaxed);
+        // Closing the log first wakes the projector from its wait for new records, so the join
+        // returns at once rather than after the projector's poll interval.
+        let closed = self.wal.clone().close();
         if let Some(handle) = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
         }
-        self.wal.clone().close()?;
+        closed?;
         Ok(())
     }
 }
@@ -638,15 +663,17 @@ impl Drop for Inner {
     /// the directory's lock is free for the next open at once.
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::Relaxed);
+        // Close the log first: it wakes the projector, so the join below does not wait out the
+        // projector's poll interval.
+        if let Err(error) = self.wal.clone().close() {
+            tracing::warn!(%error, "closing the log on drop failed");
+        }
         let handle = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             // The projector may itself hold the last reference; it must not join itself.
             if handle.thread().id() != std::thread::current().id() {
                 let _ = handle.join();
             }
-        }
-        if let Err(error) = self.wal.clone().close() {
-            tracing::warn!(%error, "closing the log on drop failed");
         }
     }
 }
