@@ -1,11 +1,21 @@
-//! `dump`: prints records from a position on, one line each (JSON Lines with `--format json`),
-//! with the frame that holds them. Until an event codec exists the payload is shown as hex (JSON)
-//! or escaped ASCII (human). Stops at the first problem: what was read is printed, the problem
-//! goes to the diagnostic stream, and the verdict is [`Verdict::Problems`]. Read-only, no lock.
+//! `dump`: prints records from a position on, one line each (JSON Lines with `--format json`).
+//!
+//! Each record is decoded as an event with the store's own codec
+//! ([`hybridstore::events::decode_record`]) and printed as the event: in JSON the whole
+//! [`hybridstore::events::RecordedEvent`] under `event`, beside the frame that holds the record;
+//! for people, one line of position, stream, stream version, type and a short JSON of the data.
+//! A record that does not decode (not an event, an unknown type, a schema version this build
+//! cannot read) is printed with its `decode_error` and its bytes, never skipped, and does not
+//! change the verdict: `dump` shows what is there, `verify` judges frames. `--raw` adds the bytes
+//! (and, for people, the frame) to decoded records too.
+//!
+//! Stops at the first problem with the frames: what was read is printed, the problem goes to the
+//! diagnostic stream, and the verdict is [`Verdict::Problems`]. Read-only, no lock.
 
 use std::io::{self, Write};
 
 use anyhow::Context as _;
+use hybridstore::events::{decode_record, RecordedEvent};
 use hybridstore_wal::format::{Position, SegmentId};
 use hybridstore_wal::io::FileSystem;
 use hybridstore_wal::recovery::ScannedFrame;
@@ -15,16 +25,23 @@ use crate::check::{check_segment, LogDir};
 use crate::output::{hex, write_json_line, ProblemJson};
 use crate::{Format, Verdict};
 
-/// Which records `dump` prints.
+/// Longest the human line's JSON of the event data gets before it is cut (with `…`).
+pub const HUMAN_DATA_LEN_MAX: usize = 160;
+
+/// Which records `dump` prints, and how much of each.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DumpRange {
     /// First position to print (default: the first in the log).
     pub from: Option<Position>,
     /// Records to print at most (default: all).
     pub limit: Option<u64>,
+    /// Print every record's bytes (and, in human lines, its frame), not only those that do not
+    /// decode.
+    pub raw: bool,
 }
 
-/// One record as JSON (`{"type":"record","data":{..}}`).
+/// One record as JSON (`{"type":"record","data":{..}}`). Fields are a stable interface: the
+/// frame fields are always there; `event` or `decode_error` says what the bytes are.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordJson {
     /// The record's position.
@@ -41,8 +58,15 @@ pub struct RecordJson {
     pub length: u64,
     /// CRC-32 of the frame body.
     pub body_crc: u32,
-    /// The payload as lowercase hex.
-    pub payload_hex: String,
+    /// The decoded event (envelope and typed event), when the record decodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<RecordedEvent>,
+    /// Why the record does not decode as an event (an unknown type is named here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_error: Option<String>,
+    /// The payload as lowercase hex: with `--raw`, or when the record does not decode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_hex: Option<String>,
 }
 
 /// Prints the records of `log` in `range` to `out`; problems go to `diagnostics`.
@@ -62,6 +86,7 @@ pub fn dump(
     let mut printer = Printer {
         from,
         remaining: range.limit.unwrap_or(u64::MAX),
+        raw: range.raw,
         format,
         out,
         error: None,
@@ -101,6 +126,7 @@ pub fn dump(
 struct Printer<'a> {
     from: Position,
     remaining: u64,
+    raw: bool,
     format: Format,
     out: &'a mut dyn Write,
     /// The first write error; once set, nothing more is written.
@@ -122,6 +148,12 @@ impl Printer<'_> {
         // decodes; `flatten` only drops errors that cannot occur.
         for payload in scanned.frame.records().flatten() {
             if position >= self.from && !self.finished() {
+                let decoded = decode_record(position, payload);
+                let raw = self.raw || decoded.is_err();
+                let (event, decode_error) = match decoded {
+                    Ok(event) => (Some(event), None),
+                    Err(error) => (None, Some(error.to_string())),
+                };
                 let record = RecordJson {
                     position: position.0,
                     batch_first: header.first_position.0,
@@ -130,9 +162,11 @@ impl Printer<'_> {
                     frame_offset: scanned.offset,
                     length: payload.len() as u64,
                     body_crc: header.body_crc,
-                    payload_hex: String::new(),
+                    event,
+                    decode_error,
+                    payload_hex: (raw && self.format == Format::Json).then(|| hex(payload)),
                 };
-                if let Err(error) = self.print(record, payload) {
+                if let Err(error) = self.print(&record, payload, raw) {
                     self.error = Some(error);
                 }
                 self.remaining -= 1;
@@ -141,24 +175,90 @@ impl Printer<'_> {
         }
     }
 
-    fn print(&mut self, mut record: RecordJson, payload: &[u8]) -> io::Result<()> {
-        match self.format {
-            Format::Json => {
-                record.payload_hex = hex(payload);
-                write_json_line(self.out, "record", &record)
-            }
-            Format::Human => writeln!(
-                self.out,
-                "position={} segment={} frame_offset={} batch_first={} batch_records={} length={} body_crc={:#010x} payload=\"{}\"",
-                record.position,
+    fn print(&mut self, record: &RecordJson, payload: &[u8], raw: bool) -> io::Result<()> {
+        if self.format == Format::Json {
+            return write_json_line(self.out, "record", record);
+        }
+        let mut line = format!("position={}", record.position);
+        if let Some(event) = &record.event {
+            line.push_str(&format!(
+                " stream={} stream_version={} type={} data={}",
+                event.stream,
+                event.stream_version,
+                event.event.type_name(),
+                short_data_json(event)
+            ));
+        }
+        if raw {
+            line.push_str(&format!(
+                " segment={} frame_offset={} batch_first={} batch_records={} length={} body_crc={:#010x}",
                 record.segment,
                 record.frame_offset,
                 record.batch_first,
                 record.batch_records,
                 record.length,
                 record.body_crc,
-                payload.escape_ascii()
-            ),
+            ));
+            if let Some(error) = &record.decode_error {
+                line.push_str(&format!(" decode_error={error:?}"));
+            }
+            line.push_str(&format!(" payload=\"{}\"", payload.escape_ascii()));
         }
+        writeln!(self.out, "{line}")
+    }
+}
+
+/// The event's `data` as one line of JSON, cut to [`HUMAN_DATA_LEN_MAX`] characters.
+fn short_data_json(event: &RecordedEvent) -> String {
+    let data = serde_json::to_value(&event.event)
+        .ok()
+        .and_then(|mut tagged| tagged.get_mut("data").map(serde_json::Value::take))
+        .unwrap_or(serde_json::Value::Null);
+    let text = data.to_string();
+    match text.char_indices().nth(HUMAN_DATA_LEN_MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hybridstore::events::{Event, ProfileCreated, StoredEvent};
+    use hybridstore::ids::{BotId, StreamId, StreamVersion, Timestamp};
+
+    fn recorded(name: String) -> RecordedEvent {
+        let bot = BotId::new("b").unwrap();
+        let stored = StoredEvent::new(
+            &StreamId::conversation(&bot, 7),
+            StreamVersion(0),
+            (0, 1),
+            uuid_v7(),
+            None,
+            Timestamp(0),
+            Timestamp(0),
+            &Event::ProfileCreated(ProfileCreated { name }),
+        )
+        .unwrap();
+        decode_record(Position(3), &stored.encode().unwrap()).unwrap()
+    }
+
+    fn uuid_v7() -> uuid::Uuid {
+        uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001)
+    }
+
+    /// Proves the human line's data is the event's `data` object, cut at a character boundary.
+    #[test]
+    fn short_data_json_is_the_data_cut_on_a_char_boundary() {
+        assert_eq!(
+            short_data_json(&recorded("Ann".into())),
+            r#"{"name":"Ann"}"#
+        );
+        let long = short_data_json(&recorded("é".repeat(400)));
+        assert_eq!(long.chars().count(), HUMAN_DATA_LEN_MAX + 1);
+        assert!(
+            long.starts_with(r#"{"name":"éé"#) && long.ends_with('…'),
+            "{long}"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! - [`output`]: the output format, the JSON Lines `{type, data}` envelope and the JSON shapes.
 //! - [`verify`]: `verify` — every frame of every segment, exit 1 on problems.
 //! - [`stat`]: `stat` — counts, positions, bytes and a per-segment table.
-//! - [`dump`]: `dump` — records from a position, one line each.
+//! - [`dump`]: `dump` — records from a position, one line each, decoded as events with the
+//!   store's codec (`hybridstore::events`); records that do not decode are shown with the reason.
 //! - [`repair`]: `repair` — the only command that writes: takes the writer lock, backs up what it
 //!   cuts, cuts, and verifies again.
 //!

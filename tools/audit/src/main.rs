@@ -31,7 +31,10 @@ enum Command {
     Verify(CommonArgs),
     /// Counts, positions, bytes, the clean-shutdown marker and a per-segment table.
     Stat(CommonArgs),
-    /// Print records, one per line, from a position on.
+    /// Print records decoded as events, one per line, from a position on.
+    ///
+    /// A record that does not decode is printed with its decode error and its bytes (exit 0
+    /// unless frames are damaged).
     Dump(DumpArgs),
     /// Cut a torn or corrupt log back to its last valid frame, backing up what is cut.
     ///
@@ -81,6 +84,11 @@ struct DumpArgs {
     /// Print at most N records.
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
+
+    /// Also print every record's bytes (`payload_hex` in JSON; the frame and payload for people),
+    /// not only those of records that do not decode.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +137,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
             let range = DumpRange {
                 from: args.from.map(Position),
                 limit: args.limit,
+                raw: args.raw,
             };
             dump::dump(
                 &fs,

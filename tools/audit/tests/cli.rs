@@ -394,7 +394,15 @@ fn dump_from_limit_json() {
         assert_eq!(line["type"], "record");
         let data = &line["data"];
         let position = data["position"].as_u64().unwrap();
+        // The fixtures' payloads are not events: each shows why, with its bytes.
         assert_eq!(data["payload_hex"], hex(&payload(position)));
+        assert!(
+            data["decode_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("bad envelope")),
+            "{data}"
+        );
+        assert!(data.get("event").is_none(), "{data}");
         assert_eq!(data["length"], payload(position).len());
         assert_eq!(data["segment"], 0);
         let first = data["batch_first"].as_u64().unwrap();
@@ -417,6 +425,7 @@ fn dump_stops_at_corruption() {
     assert_eq!(lines.len() as u64, CORRUPT_FIRST_POSITION);
     for (position, line) in lines.iter().enumerate() {
         assert!(line.starts_with(&format!("position={position} ")), "{line}");
+        assert!(line.contains(" decode_error=\"bad envelope"), "{line}");
         let payload = String::from_utf8(payload(position as u64)).unwrap();
         assert!(line.ends_with(&format!("payload=\"{payload}\"")), "{line}");
     }
@@ -469,6 +478,268 @@ fn dump_broken_pipe_exits_quietly() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(code(&output), Some(0));
     assert_eq!(stderr(&output), "");
+}
+
+/// Writes a small conversation through `hybridstore::Store` into `data` (log in `data/wal`):
+/// a profile, a message in, a reply, an analysis with facts (one two-event append) and a config
+/// value. Returns the event types in log order.
+fn write_store_log(data: &Path) -> Vec<&'static str> {
+    use hybridstore::events::{
+        ConfigValueSet, ConversationAnalyzed, Event, Generation, JsonText, MessageReceived,
+        MessageSent, ProfileCreated, ProfileFactsRecorded,
+    };
+    use hybridstore::{BotId, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(StoreConfig::new(data)).await.unwrap();
+        let bot = BotId::new("auditbot").unwrap();
+        let chat = StreamId::conversation(&bot, 42);
+        let appends: Vec<(StreamId, Vec<Event>)> = vec![
+            (
+                chat.clone(),
+                vec![Event::ProfileCreated(ProfileCreated {
+                    name: "Anna".into(),
+                })],
+            ),
+            (
+                chat.clone(),
+                vec![Event::MessageReceived(MessageReceived {
+                    telegram_message_id: Some(7),
+                    text: "hi there".into(),
+                    content_type: "text".into(),
+                    legacy_ts: None,
+                })],
+            ),
+            (
+                chat.clone(),
+                vec![Event::MessageSent(MessageSent {
+                    text: "hello Anna".into(),
+                    kind: "reply".into(),
+                    generation: Some(Generation {
+                        model: "m1".into(),
+                        response_id: Some("resp_1".into()),
+                        prompt_tokens: 10,
+                        completion_tokens: 5,
+                        latency_ms: 800,
+                    }),
+                    legacy_ts: None,
+                })],
+            ),
+            (
+                chat.clone(),
+                vec![
+                    Event::ConversationAnalyzed(ConversationAnalyzed {
+                        analysis_id: "a1".into(),
+                        summary: "friendly".into(),
+                    }),
+                    Event::ProfileFactsRecorded(ProfileFactsRecorded {
+                        snapshot_id: "a1".into(),
+                        facts: JsonText::parse(r#"{"likes":["tea"]}"#).unwrap(),
+                    }),
+                ],
+            ),
+            (
+                StreamId::bot(&bot),
+                vec![Event::ConfigValueSet(ConfigValueSet {
+                    scope: "global".into(),
+                    key: "model".into(),
+                    value: JsonText::parse(r#""m1""#).unwrap(),
+                })],
+            ),
+        ];
+        let mut types = Vec::new();
+        for (stream, events) in appends {
+            types.extend(events.iter().map(Event::type_name));
+            let events = events.into_iter().map(NewEvent::new).collect();
+            store
+                .append(&stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        types
+    })
+}
+
+/// Proves `dump --format json` decodes records written by the store into events: each line
+/// keeps the frame fields and gains the whole recorded event under `event`, with no bytes and
+/// no decode error; the multi-event append shows as one batch.
+#[test]
+fn dump_json_decodes_store_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let types = write_store_log(tmp.path());
+    let output = audit([
+        Path::new("dump"),
+        tmp.path(),
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(lines.len(), types.len());
+    for (position, (line, expected_type)) in lines.iter().zip(&types).enumerate() {
+        assert_eq!(line["type"], "record");
+        let data = &line["data"];
+        assert_eq!(data["position"], position as u64);
+        assert!(
+            data["frame_offset"].is_u64() && data["body_crc"].is_u64(),
+            "{data}"
+        );
+        assert!(data.get("payload_hex").is_none(), "{data}");
+        assert!(data.get("decode_error").is_none(), "{data}");
+        let event = &data["event"];
+        assert_eq!(event["position"], position as u64);
+        assert_eq!(event["event"]["type"], *expected_type, "{data}");
+        assert_eq!(event["bot_id"], "auditbot");
+    }
+    let received = &lines[1]["data"]["event"];
+    assert_eq!(received["stream"], "conv-auditbot-42");
+    assert_eq!(received["stream_version"], 1);
+    assert_eq!(received["event"]["data"]["text"], "hi there");
+    // The analysis and its facts: one append, two events, shown as batch 0 and 1 of 2.
+    let facts = &lines[4]["data"]["event"];
+    assert_eq!(facts["batch_index"], 1);
+    assert_eq!(facts["batch_len"], 2);
+    assert_eq!(facts["event"]["data"]["facts"]["likes"][0], "tea");
+    assert_eq!(lines[5]["data"]["event"]["stream"], "bot-auditbot");
+}
+
+/// Proves the human `dump` prints one line per event: position, stream, stream version, type and
+/// the event's data as short JSON.
+#[test]
+fn dump_human_decodes_store_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_store_log(tmp.path());
+    let output = audit([
+        Path::new("dump"),
+        tmp.path(),
+        Path::new("--limit"),
+        Path::new("2"),
+    ]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "position=0 stream=conv-auditbot-42 stream_version=0 type=ProfileCreated data={\"name\":\"Anna\"}\n\
+         position=1 stream=conv-auditbot-42 stream_version=1 type=MessageReceived \
+         data={\"content_type\":\"text\",\"legacy_ts\":null,\"telegram_message_id\":7,\"text\":\"hi there\"}\n"
+    );
+}
+
+/// Proves `--raw` adds the bytes to decoded events: `payload_hex` (JSON) is exactly the record
+/// the writer reads back, and human lines gain the frame and the payload.
+#[test]
+fn dump_raw_adds_bytes_to_decoded_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_store_log(tmp.path());
+    let wal = Wal::open(tmp.path().join("wal"), Options::default()).unwrap();
+    let first = wal.reader(Position(0)).unwrap().next().unwrap().unwrap();
+    wal.close().unwrap();
+
+    let output = audit([
+        Path::new("dump"),
+        tmp.path(),
+        Path::new("--raw"),
+        Path::new("--limit"),
+        Path::new("1"),
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["data"]["payload_hex"], hex(&first.data));
+    assert_eq!(lines[0]["data"]["event"]["event"]["type"], "ProfileCreated");
+
+    let human = audit([
+        Path::new("dump"),
+        tmp.path(),
+        Path::new("--raw"),
+        Path::new("--limit"),
+        Path::new("1"),
+    ]);
+    let line = stdout(&human);
+    assert!(
+        line.starts_with("position=0 stream=conv-auditbot-42 "),
+        "{line}"
+    );
+    assert!(line.contains(" segment=0 frame_offset="), "{line}");
+    assert!(
+        line.trim_end().ends_with('"') && line.contains(" payload=\""),
+        "{line}"
+    );
+}
+
+/// Proves an event type this build does not know is reported as a decode error naming the type,
+/// with its bytes, between the events around it (not skipped), and `dump` still exits 0.
+#[test]
+fn dump_reports_unknown_event_type() {
+    use hybridstore::events::{Event, ProfileCreated, StoredEvent};
+    use hybridstore::{BotId, StreamId, StreamVersion, Timestamp};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = BotId::new("auditbot").unwrap();
+    let stream = StreamId::conversation(&bot, 1);
+    let record = |version: u64, type_name: Option<&str>| {
+        let mut stored = StoredEvent::new(
+            &stream,
+            StreamVersion(version),
+            (0, 1),
+            // Fixed ids, so the same record encodes to the same bytes each time.
+            uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + u128::from(version)),
+            None,
+            Timestamp(1_700_000_000_000),
+            Timestamp(1_700_000_000_000),
+            &Event::ProfileCreated(ProfileCreated { name: "Eve".into() }),
+        )
+        .unwrap();
+        if let Some(type_name) = type_name {
+            stored.event_type = type_name.into();
+        }
+        stored.encode().unwrap()
+    };
+    let wal = Wal::open(tmp.path(), Options::default()).unwrap();
+    for (version, type_name) in [(0, None), (1, Some("MoodDetected")), (2, None)] {
+        wal.append(&[record(version, type_name)]).unwrap();
+    }
+    wal.close().unwrap();
+
+    let output = audit([
+        Path::new("dump"),
+        tmp.path(),
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(lines.len(), 3);
+    let unknown = &lines[1]["data"];
+    assert_eq!(unknown["position"], 1);
+    assert!(unknown.get("event").is_none(), "{unknown}");
+    let error = unknown["decode_error"].as_str().unwrap();
+    assert!(
+        error.contains("unknown event type \"MoodDetected\""),
+        "{error}"
+    );
+    assert_eq!(
+        unknown["payload_hex"],
+        hex(&record(1, Some("MoodDetected")))
+    );
+    for known in [&lines[0]["data"], &lines[2]["data"]] {
+        assert_eq!(known["event"]["event"]["type"], "ProfileCreated", "{known}");
+        assert!(known.get("payload_hex").is_none(), "{known}");
+    }
+
+    let human = stdout(&audit([Path::new("dump"), tmp.path()]));
+    let line = human.lines().nth(1).unwrap();
+    assert!(line.starts_with("position=1 segment=0 "), "{line}");
+    assert!(
+        line.contains(r#"decode_error="unknown event type \"MoodDetected\""#),
+        "{line}"
+    );
 }
 
 // ------------------------------------------------------------------------------------ repair
