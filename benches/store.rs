@@ -65,6 +65,10 @@
 
 mod common;
 
+/// The same allocator as the `hybridstore` binary, so the figures are the shipped ones.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -1004,7 +1008,7 @@ impl HotReads {
         match kind {
             ReadKind::Profile => self
                 .store
-                .read_projection(None, |p| p.profile(bot, chat).cloned())
+                .read_projection(None, |p| p.profile_shared(bot, chat))
                 .await
                 .expect("read a profile")
                 .map_or(0, |p| p.name.len()),
@@ -1037,7 +1041,7 @@ impl HotReads {
         let chat = self.chats[i % self.chats.len()];
         let (p, bot) = (&self.projection, &self.bot);
         match kind {
-            ReadKind::Profile => p.profile(bot, chat).cloned().map_or(0, |p| p.name.len()),
+            ReadKind::Profile => p.profile_shared(bot, chat).map_or(0, |p| p.name.len()),
             ReadKind::LastMessages => p.conversation(bot, chat).map_or(0, |c| {
                 let skip = c.tail.len().saturating_sub(HISTORY_LEN);
                 c.tail.iter().skip(skip).cloned().collect::<Vec<_>>().len()

@@ -416,7 +416,7 @@ async fn exchange(
     let min = Some(position);
     let started = Instant::now();
     let profile = store
-        .read_projection(min, |p| p.profile(bot, chat).cloned())
+        .read_projection(min, |p| p.profile_shared(bot, chat))
         .await?;
     stats.reads[0].push(started.elapsed());
     let started = Instant::now();

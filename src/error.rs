@@ -67,6 +67,14 @@ pub enum InputError {
         /// The kind it needs.
         expected: StreamKind,
     },
+    /// An append whose events together do not fit in one log batch.
+    #[error("the append's events are {encoded_len} bytes encoded, over the limit of {max} bytes for one append")]
+    AppendTooLarge {
+        /// Their encoded size.
+        encoded_len: u64,
+        /// The limit (half a log segment).
+        max: u64,
+    },
     /// An idempotency key over 256 bytes.
     #[error("idempotency key of {len} bytes exceeds 256 bytes")]
     IdempotencyKeyTooLong {

@@ -9,6 +9,10 @@
 //!   are read from the log through the store's per-stream index.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// The projection's maps: ahash, randomized and fast (keys come from clients, so no fixed hash).
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 use hybridstore_wal::Position;
 use serde::{Deserialize, Serialize};
@@ -119,6 +123,9 @@ pub struct ConversationView {
     pub head: ConversationHead,
     /// The last messages, oldest first, at most the projection's `tail_len`.
     pub tail: VecDeque<MessageView>,
+    /// Messages since the last `HistoryCleared` (all of them are in `tail` while this is at most
+    /// the tail length, so a read needs no trip to the log).
+    pub retained: u64,
     /// Follow-ups scheduled and not yet fired or cancelled: id → due time.
     pub followups: BTreeMap<String, Timestamp>,
 }
@@ -137,7 +144,7 @@ pub struct DailyCounters {
     /// LLM tokens (prompt + completion).
     pub llm_tokens: u64,
     #[serde(skip)]
-    chats_seen: HashSet<i64>,
+    chats_seen: HashSet<i64, ahash::RandomState>,
 }
 
 /// The in-memory read models.
@@ -145,12 +152,14 @@ pub struct DailyCounters {
 pub struct Projection {
     tail_len: usize,
     applied_end: Position,
-    users: HashMap<(BotId, i64), UserView>,
-    profiles: HashMap<(BotId, i64), ProfileDocument>,
-    conversations: HashMap<(BotId, i64), ConversationView>,
-    config: HashMap<BotId, BTreeMap<(String, String), serde_json::Value>>,
-    components: HashMap<BotId, BTreeMap<Component, MigrationState>>,
-    analytics: HashMap<(BotId, i64), DailyCounters>,
+    users: Map<(BotId, i64), UserView>,
+    /// Shared so a read hands out a reference count, not a deep copy; `apply` copies on write
+    /// only while a reader still holds the old version.
+    profiles: Map<(BotId, i64), Arc<ProfileDocument>>,
+    conversations: Map<(BotId, i64), ConversationView>,
+    config: Map<BotId, BTreeMap<(String, String), serde_json::Value>>,
+    components: Map<BotId, BTreeMap<Component, MigrationState>>,
+    analytics: Map<(BotId, i64), DailyCounters>,
 }
 
 impl Projection {
@@ -159,12 +168,12 @@ impl Projection {
         Projection {
             tail_len,
             applied_end: Position(0),
-            users: HashMap::new(),
-            profiles: HashMap::new(),
-            conversations: HashMap::new(),
-            config: HashMap::new(),
-            components: HashMap::new(),
-            analytics: HashMap::new(),
+            users: Map::default(),
+            profiles: Map::default(),
+            conversations: Map::default(),
+            config: Map::default(),
+            components: Map::default(),
+            analytics: Map::default(),
         }
     }
 
@@ -229,6 +238,12 @@ impl Projection {
     fn apply_user(&mut self, bot: BotId, user_id: i64, at: Timestamp, event: &Event) {
         let key = (bot, user_id);
         match event {
+            Event::UserRegistered(e) if self.users.contains_key(&key) => {
+                // Registering again (e.g. /start twice) keeps settings and blocks.
+                if let Some(user) = self.users.get_mut(&key) {
+                    user.identity = e.identity.clone();
+                }
+            }
             Event::UserRegistered(e) => {
                 self.users.insert(
                     key,
@@ -286,18 +301,25 @@ impl Projection {
         let key = (bot, chat_id);
         match event {
             Event::ProfileCreated(e) => {
-                self.profiles.insert(
-                    key,
-                    ProfileDocument {
-                        chat_id,
-                        name: e.name.clone(),
-                        last_activity: None,
-                        message_count: 0,
-                        summary: BTreeMap::new(),
-                        profile: BTreeMap::new(),
-                        previous_response_id: None,
-                    },
-                );
+                // Creating a profile that exists (a bot restarting a chat) keeps its facts,
+                // analyses and counters and only takes the new name.
+                match self.profiles.get_mut(&key) {
+                    Some(profile) => Arc::make_mut(profile).name = e.name.clone(),
+                    None => {
+                        self.profiles.insert(
+                            key,
+                            Arc::new(ProfileDocument {
+                                chat_id,
+                                name: e.name.clone(),
+                                last_activity: None,
+                                message_count: 0,
+                                summary: BTreeMap::new(),
+                                profile: BTreeMap::new(),
+                                previous_response_id: None,
+                            }),
+                        );
+                    }
+                }
                 return;
             }
             Event::ProfileDeleted(_) => {
@@ -307,6 +329,7 @@ impl Projection {
             _ => {}
         }
         if let Some(profile) = self.profiles.get_mut(&key) {
+            let profile = Arc::make_mut(profile);
             match event {
                 Event::ProfileRenamed(e) => profile.name = e.name.clone(),
                 Event::ProfileFactsRecorded(e) => {
@@ -347,6 +370,7 @@ impl Projection {
         match event {
             Event::HistoryCleared(_) => {
                 conversation.tail.clear();
+                conversation.retained = 0;
                 conversation.head.cleared_before = recorded.position;
             }
             Event::FollowupScheduled(e) => {
@@ -393,6 +417,7 @@ impl Projection {
                     _ => {}
                 }
                 conversation.tail.push_back(message);
+                conversation.retained += 1;
                 while conversation.tail.len() > self.tail_len {
                     conversation.tail.pop_front();
                 }
@@ -408,7 +433,13 @@ impl Projection {
 
     /// A chat partner's profile document.
     pub fn profile(&self, bot: &BotId, chat_id: i64) -> Option<&ProfileDocument> {
-        self.profiles.get(&(bot.clone(), chat_id))
+        self.profiles.get(&(bot.clone(), chat_id)).map(|p| &**p)
+    }
+
+    /// A chat partner's profile document, shared: cloning it costs a reference count (the hot
+    /// path's read).
+    pub fn profile_shared(&self, bot: &BotId, chat_id: i64) -> Option<Arc<ProfileDocument>> {
+        self.profiles.get(&(bot.clone(), chat_id)).cloned()
     }
 
     /// Every profile of a bot (for export), by chat id.
@@ -416,7 +447,7 @@ impl Projection {
         self.profiles
             .iter()
             .filter(|((b, _), _)| b == bot)
-            .map(|((_, chat), p)| (*chat, p))
+            .map(|((_, chat), p)| (*chat, &**p))
             .collect()
     }
 
