@@ -16,6 +16,7 @@
 //! - The per-stream index and the dedupe index are derived from the log: rebuilt at open.
 //! - Only durable events reach the projection and subscribers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -935,33 +936,82 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
             bytes += next_bytes;
             batch.push(next);
         }
+        // The last word on duplicates is here: only this thread records keys, so two first-time
+        // appends with the same event id or idempotency key (even to different streams, which do
+        // not share a lock) cannot both be written.
+        let mut seen: HashMap<DedupeKey, usize, ahash::RandomState> = HashMap::default();
+        let mut duplicate_of: Vec<Option<Result<AppendResult, usize>>> =
+            Vec::with_capacity(batch.len());
+        for (index, request) in batch.iter().enumerate() {
+            let keys = request
+                .event_ids
+                .iter()
+                .map(|id| DedupeKey::EventId(*id))
+                .chain(request.keys.iter().cloned().map(DedupeKey::Key));
+            let mut verdict = None;
+            let mut own = Vec::new();
+            for key in keys {
+                if let Some(original) = indexes.dedupe.get(&key) {
+                    verdict = Some(Ok(*original));
+                    break;
+                }
+                if let Some(&earlier) = seen.get(&key) {
+                    verdict = Some(Err(earlier));
+                    break;
+                }
+                own.push(key);
+            }
+            if verdict.is_none() {
+                seen.extend(own.into_iter().map(|key| (key, index)));
+            }
+            duplicate_of.push(verdict);
+        }
         let records: Vec<&[u8]> = batch
             .iter()
-            .flat_map(|r| r.records.iter().map(Vec::as_slice))
+            .zip(&duplicate_of)
+            .filter(|(_, verdict)| verdict.is_none())
+            .flat_map(|(r, _)| r.records.iter().map(Vec::as_slice))
             .collect();
-        match wal.append(&records) {
+        let appended = if records.is_empty() {
+            Ok(None)
+        } else {
+            wal.append(&records).map(Some)
+        };
+        match appended {
             Ok(appended) => {
-                let mut position = appended.first;
-                for request in batch {
-                    let count = request.records.len() as u64;
-                    let result = AppendResult {
-                        first_position: position,
-                        last_position: Position(position.0 + count - 1),
-                        stream_version: StreamVersion(request.first_version + count - 1),
+                let mut position = appended.map_or(Position(0), |a| a.first);
+                let mut results: Vec<AppendResult> = Vec::with_capacity(batch.len());
+                for (request, verdict) in batch.into_iter().zip(duplicate_of) {
+                    let result = match verdict {
+                        Some(Ok(original)) => original,
+                        Some(Err(earlier)) => results[earlier],
+                        None => {
+                            let count = request.records.len() as u64;
+                            let result = AppendResult {
+                                first_position: position,
+                                last_position: Position(position.0 + count - 1),
+                                stream_version: StreamVersion(request.first_version + count - 1),
+                            };
+                            position = position.advance(count);
+                            indexes
+                                .streams
+                                .entry(request.stream)
+                                .or_default()
+                                .positions
+                                .extend(
+                                    (result.first_position.0..=result.last_position.0)
+                                        .map(Position),
+                                );
+                            for id in request.event_ids {
+                                indexes.dedupe.insert(DedupeKey::EventId(id), result);
+                            }
+                            for key in request.keys {
+                                indexes.dedupe.insert(DedupeKey::Key(key), result);
+                            }
+                            result
+                        }
                     };
-                    position = position.advance(count);
-                    indexes
-                        .streams
-                        .entry(request.stream)
-                        .or_default()
-                        .positions
-                        .extend((result.first_position.0..=result.last_position.0).map(Position));
-                    for id in request.event_ids {
-                        indexes.dedupe.insert(DedupeKey::EventId(id), result);
-                    }
-                    for key in request.keys {
-                        indexes.dedupe.insert(DedupeKey::Key(key), result);
-                    }
+                    results.push(result);
                     drop(request.guard);
                     let _ = request.reply.send(Ok(result));
                 }

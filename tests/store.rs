@@ -1812,3 +1812,39 @@ async fn last_messages_of_other_stream_kinds_are_empty() {
         assert!(messages.is_empty(), "{stream}: {messages:?}");
     }
 }
+
+/// Proves concurrent first-time appends carrying the same idempotency key to different streams
+/// (which share no lock) write exactly one event, and every caller gets that append's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_on_different_streams_concurrently_appends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    for round in 0..20 {
+        let key = format!("tg:shared:{round}");
+        let tasks: Vec<_> = (0..8)
+            .map(|chat| {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move {
+                    store
+                        .append(
+                            &conv(1000 + chat),
+                            ExpectedVersion::Any,
+                            vec![NewEvent::new(received("same")).with_key(key)],
+                        )
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert!(
+            results.windows(2).all(|w| w[0] == w[1]),
+            "round {round}: callers saw different results {results:?}"
+        );
+    }
+    let all = store.read_all(Position(0), 10_000).await.unwrap();
+    assert_eq!(all.len(), 20, "one event per key, whatever the stream");
+}
