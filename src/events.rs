@@ -25,8 +25,13 @@ use crate::ids::{
 };
 use hybridstore_wal::Position;
 
-/// Version of the [`StoredEvent`] envelope layout.
-pub const ENVELOPE_FORMAT: u8 = 1;
+/// Version of the [`StoredEvent`] envelope layout written now. Format 1 ([`StoredEventV1`]) had
+/// no `flags`; it is still read, with every event id taken as client-supplied.
+pub const ENVELOPE_FORMAT: u8 = 2;
+
+/// `flags` bit: the event id was supplied by the client (so a retry may carry it again). Ids the
+/// store generated are never looked up, so only supplied ones go into the dedupe index.
+pub const FLAG_CLIENT_EVENT_ID: u8 = 1;
 
 /// A JSON document kept as its text (postcard cannot carry self-describing values); checked to be
 /// valid JSON when built, shown as JSON (not as a string) in JSON output.
@@ -451,8 +456,64 @@ pub struct StoredEvent {
     pub event_type: String,
     /// The payload's schema version.
     pub schema_version: u16,
-    /// The payload (postcard of the type's struct at `schema_version`).
+    /// The payload (postcard of the type's struct at `schema_version`). Encoded as bytes, which
+    /// postcard writes exactly like a sequence of `u8` (length, then the bytes) but reads in one
+    /// copy instead of byte by byte.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// [`FLAG_CLIENT_EVENT_ID`] (format 2 on).
+    pub flags: u8,
+}
+
+/// The format-1 envelope: [`StoredEvent`] without `flags`. Read, never written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct StoredEventV1 {
+    pub format: u8,
+    pub stream: String,
+    pub stream_version: u64,
+    pub batch_index: u32,
+    pub batch_len: u32,
+    pub event_id: [u8; 16],
+    pub idempotency_key: Option<String>,
+    pub recorded_at: i64,
+    pub occurred_at: i64,
+    pub bot_id: String,
+    pub event_type: String,
+    pub schema_version: u16,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl StoredEventV1 {
+    /// Encodes a format-1 envelope (for fixtures of the old format).
+    ///
+    /// # Errors
+    /// Postcard's.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+}
+
+impl From<StoredEventV1> for StoredEvent {
+    fn from(v1: StoredEventV1) -> StoredEvent {
+        StoredEvent {
+            format: v1.format,
+            stream: v1.stream,
+            stream_version: v1.stream_version,
+            batch_index: v1.batch_index,
+            batch_len: v1.batch_len,
+            event_id: v1.event_id,
+            idempotency_key: v1.idempotency_key,
+            recorded_at: v1.recorded_at,
+            occurred_at: v1.occurred_at,
+            bot_id: v1.bot_id,
+            event_type: v1.event_type,
+            schema_version: v1.schema_version,
+            payload: v1.payload,
+            flags: FLAG_CLIENT_EVENT_ID,
+        }
+    }
 }
 
 /// An event as the store hands it out: the envelope (design §4) and the typed event.
@@ -470,6 +531,8 @@ pub struct RecordedEvent {
     pub batch_len: u32,
     /// UUIDv7, client-supplied for retries.
     pub event_id: Uuid,
+    /// True when the client supplied `event_id` (only those are deduplicated).
+    pub event_id_supplied: bool,
     /// Client-supplied idempotency key (e.g. Telegram chat id + message id + direction).
     pub idempotency_key: Option<String>,
     /// When the store recorded it.
@@ -553,6 +616,7 @@ impl StoredEvent {
             event_type: event.type_name().to_owned(),
             schema_version: event.schema_version(),
             payload: event.encode_payload()?,
+            flags: 0,
         })
     }
 
@@ -569,18 +633,69 @@ impl StoredEvent {
     /// # Errors
     /// [`DecodeError::Envelope`] for bytes that are not an envelope.
     pub fn decode(bytes: &[u8]) -> Result<StoredEvent, DecodeError> {
-        let stored: StoredEvent = strict_from_bytes(bytes).map_err(|e| DecodeError::Envelope {
+        let envelope = |e: postcard::Error| DecodeError::Envelope {
             reason: e.to_string(),
-        })?;
-        if stored.format != ENVELOPE_FORMAT {
-            return Err(DecodeError::Envelope {
+        };
+        match bytes.first() {
+            Some(1) => Ok(strict_from_bytes::<StoredEventV1>(bytes)
+                .map_err(envelope)?
+                .into()),
+            Some(&ENVELOPE_FORMAT) => strict_from_bytes(bytes).map_err(envelope),
+            Some(other) => Err(DecodeError::Envelope {
                 reason: format!(
-                    "envelope format {} (this build reads {ENVELOPE_FORMAT})",
-                    stored.format
+                    "envelope format {other} (this build reads 1 and {ENVELOPE_FORMAT})"
                 ),
+            }),
+            None => Err(DecodeError::Envelope {
+                reason: "empty record".into(),
+            }),
+        }
+    }
+
+    /// Like [`StoredEvent::into_recorded`], reusing already parsed stream ids from `streams` (a
+    /// rebuild sees each stream many times; sharing one id also shares its bot id's allocation).
+    ///
+    /// # Errors
+    /// As [`StoredEvent::into_recorded`].
+    pub fn into_recorded_cached(
+        self,
+        position: Position,
+        streams: &mut StreamCache,
+    ) -> Result<RecordedEvent, DecodeError> {
+        let stream = match streams.0.get(self.stream.as_str()) {
+            Some(stream) => stream.clone(),
+            None => {
+                let stream: StreamId =
+                    self.stream.parse().map_err(|e: crate::error::InputError| {
+                        DecodeError::Envelope {
+                            reason: e.to_string(),
+                        }
+                    })?;
+                streams.0.insert(self.stream.clone(), stream.clone());
+                stream
+            }
+        };
+        if stream.bot_id().as_str() != self.bot_id {
+            return Err(DecodeError::Envelope {
+                reason: format!("bot id {:?} disagrees with stream {stream}", self.bot_id),
             });
         }
-        Ok(stored)
+        let event = decode_payload(&self.event_type, self.schema_version, &self.payload)?;
+        Ok(RecordedEvent {
+            position,
+            bot_id: stream.bot_id().clone(),
+            stream,
+            stream_version: StreamVersion(self.stream_version),
+            batch_index: self.batch_index,
+            batch_len: self.batch_len,
+            event_id: Uuid::from_bytes(self.event_id),
+            event_id_supplied: self.flags & FLAG_CLIENT_EVENT_ID != 0,
+            idempotency_key: self.idempotency_key,
+            recorded_at: Timestamp(self.recorded_at),
+            occurred_at: Timestamp(self.occurred_at),
+            schema_version: self.schema_version,
+            event,
+        })
     }
 
     /// Decodes the payload and builds the recorded event at `position`.
@@ -600,6 +715,7 @@ impl StoredEvent {
             batch_index: self.batch_index,
             batch_len: self.batch_len,
             event_id: Uuid::from_bytes(self.event_id),
+            event_id_supplied: self.flags & FLAG_CLIENT_EVENT_ID != 0,
             idempotency_key: self.idempotency_key,
             recorded_at: Timestamp(self.recorded_at),
             occurred_at: Timestamp(self.occurred_at),
@@ -616,6 +732,22 @@ impl StoredEvent {
 /// A [`DecodeError`]; the caller adds the position to its report.
 pub fn decode_record(position: Position, bytes: &[u8]) -> Result<RecordedEvent, DecodeError> {
     StoredEvent::decode(bytes)?.into_recorded(position)
+}
+
+/// Stream ids already parsed, by their text (see [`StoredEvent::into_recorded_cached`]).
+#[derive(Debug, Default)]
+pub struct StreamCache(std::collections::HashMap<String, StreamId, ahash::RandomState>);
+
+/// [`decode_record`] with a [`StreamCache`].
+///
+/// # Errors
+/// As [`decode_record`].
+pub fn decode_record_cached(
+    position: Position,
+    bytes: &[u8],
+    streams: &mut StreamCache,
+) -> Result<RecordedEvent, DecodeError> {
+    StoredEvent::decode(bytes)?.into_recorded_cached(position, streams)
 }
 
 impl fmt::Display for Event {

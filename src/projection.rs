@@ -17,7 +17,7 @@ type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 use hybridstore_wal::Position;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Event, Identity, RecordedEvent};
+use crate::events::{Event, Identity, JsonText, RecordedEvent};
 use crate::ids::{BotId, Component, MigrationState, StreamKind, Timestamp};
 
 /// A user of the bot.
@@ -82,6 +82,23 @@ pub struct MessageView {
 }
 
 impl MessageView {
+    /// The message an event describes, taking its text out of the event (which keeps an empty
+    /// text), if it is a message.
+    fn take_from_event(event: &mut RecordedEvent) -> Option<MessageView> {
+        let (direction, text, legacy_ts) = match &mut event.event {
+            Event::MessageReceived(m) => (Direction::In, std::mem::take(&mut m.text), &m.legacy_ts),
+            Event::MessageSent(m) => (Direction::Out, std::mem::take(&mut m.text), &m.legacy_ts),
+            _ => return None,
+        };
+        Some(MessageView {
+            position: event.position,
+            direction,
+            text,
+            at: event.occurred_at,
+            legacy_ts: legacy_ts.as_ref().map(JsonText::value),
+        })
+    }
+
     /// The message an event describes, if it is a message.
     pub fn from_event(event: &RecordedEvent) -> Option<MessageView> {
         let (direction, text, legacy_ts) = match &event.event {
@@ -189,6 +206,17 @@ impl Projection {
 
     /// Applies one event. Events must come in log order.
     pub fn apply(&mut self, recorded: &RecordedEvent) {
+        self.apply_with(recorded, None);
+    }
+
+    /// Applies one event it may take apart: a message's text moves into the conversation's tail
+    /// instead of being copied (the rebuild and the projector's path).
+    pub fn apply_owned(&mut self, mut recorded: RecordedEvent) {
+        let message = MessageView::take_from_event(&mut recorded);
+        self.apply_with(&recorded, message);
+    }
+
+    fn apply_with(&mut self, recorded: &RecordedEvent, message: Option<MessageView>) {
         debug_assert!(
             recorded.position >= self.applied_end,
             "events applied out of order"
@@ -200,7 +228,7 @@ impl Projection {
         match (&recorded.event, recorded.stream.kind(), key) {
             (event, StreamKind::User, Some(user_id)) => self.apply_user(bot, user_id, at, event),
             (event, StreamKind::Conversation, Some(chat_id)) => {
-                self.apply_conversation(recorded, bot, chat_id, event)
+                self.apply_conversation(recorded, message, bot, chat_id, event)
             }
             (Event::ConfigValueSet(e), StreamKind::Bot, _) => {
                 self.config
@@ -294,6 +322,7 @@ impl Projection {
     fn apply_conversation(
         &mut self,
         recorded: &RecordedEvent,
+        message: Option<MessageView>,
         bot: BotId,
         chat_id: i64,
         event: &Event,
@@ -385,7 +414,7 @@ impl Projection {
                 conversation.followups.remove(&e.followup_id);
             }
             Event::MessageReceived(_) | Event::MessageSent(_) => {
-                let Some(message) = MessageView::from_event(recorded) else {
+                let Some(message) = message.or_else(|| MessageView::from_event(recorded)) else {
                     return;
                 };
                 let head = &mut conversation.head;

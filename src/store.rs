@@ -180,7 +180,7 @@ impl Indexes {
     fn with_capacity(events: usize) -> Indexes {
         Indexes {
             streams: DashMap::with_capacity_and_hasher(events / 16, ahash::RandomState::new()),
-            dedupe: DashMap::with_capacity_and_hasher(events * 2, ahash::RandomState::new()),
+            dedupe: DashMap::with_capacity_and_hasher(events, ahash::RandomState::new()),
         }
     }
 }
@@ -375,7 +375,12 @@ impl Store {
                 new.occurred_at.unwrap_or(recorded_at),
                 &new.event,
             )
-            .and_then(|s| s.encode())
+            .and_then(|mut s| {
+                if new.event_id.is_some() {
+                    s.flags |= crate::events::FLAG_CLIENT_EVENT_ID;
+                }
+                s.encode()
+            })
             .map_err(|e| StoreError::Task(format!("encoding an event: {e}")))?;
             if stored.len() > inner.config.event_size_max_bytes {
                 return Err(InputError::EventTooLarge {
@@ -387,7 +392,11 @@ impl Store {
                 .into());
             }
             records.push(stored);
-            event_ids.push(event_id);
+            // Only ids the client chose can come back in a retry; generated ones stay out of
+            // the dedupe index (which would otherwise grow by an entry per event forever).
+            if new.event_id.is_some() {
+                event_ids.push(event_id);
+            }
         }
         let encoded_len: u64 = records.iter().map(|r| r.len() as u64 + 4).sum();
         let encoded_len_max = inner.wal.options().append_encoded_len_max() / 2;
@@ -831,10 +840,16 @@ fn rebuild(
     // two cores, decoding costs about as much as applying, so the pipeline nearly halves a
     // rebuild.
     let (chunks, received) = std::sync::mpsc::sync_channel::<Result<Vec<RecordedEvent>>>(4);
+    // Emptied chunks go back to the decoder: a fresh 1024-event buffer per chunk would be fresh
+    // pages for the kernel to zero every time.
+    let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<RecordedEvent>>(8);
     let end = std::thread::scope(|scope| -> Result<Position> {
         let decoder = scope.spawn(move || -> Position {
+            let mut streams = crate::events::StreamCache::default();
             loop {
-                let mut chunk = Vec::with_capacity(REBUILD_CHUNK_EVENTS);
+                let mut chunk = recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(REBUILD_CHUNK_EVENTS));
                 while chunk.len() < REBUILD_CHUNK_EVENTS {
                     let record = match reader.next_record() {
                         Ok(Some(record)) => record,
@@ -844,8 +859,17 @@ fn rebuild(
                             return reader.position();
                         }
                     };
-                    match decode_record(record.position, &record.data) {
-                        Ok(event) => chunk.push(event),
+                    match crate::events::decode_record_cached(
+                        record.position,
+                        &record.data,
+                        &mut streams,
+                    ) {
+                        Ok(event) => {
+                            // The indexes are filled here, beside decoding, so the two threads
+                            // carry similar loads (the projection's apply is the other half).
+                            apply_to_indexes(indexes, &event);
+                            chunk.push(event);
+                        }
                         Err(source) => {
                             let _ = chunks.send(Err(StoreError::Decode {
                                 position: record.position,
@@ -865,11 +889,12 @@ fn rebuild(
             }
         });
         for chunk in received {
-            for event in chunk? {
-                apply_to_indexes(indexes, &event);
-                projection.apply(&event);
+            let mut chunk = chunk?;
+            for event in chunk.drain(..) {
+                projection.apply_owned(event);
                 events += 1;
             }
+            let _ = recycle.try_send(chunk);
         }
         decoder
             .join()
@@ -900,7 +925,9 @@ fn apply_to_indexes(indexes: Option<&Indexes>, event: &RecordedEvent) {
         last_position: event.position.advance(ahead),
         stream_version: StreamVersion(event.stream_version.0 + ahead),
     };
-    dedupe.insert(DedupeKey::EventId(event.event_id), result);
+    if event.event_id_supplied {
+        dedupe.insert(DedupeKey::EventId(event.event_id), result);
+    }
     if let Some(key) = &event.idempotency_key {
         dedupe.insert(DedupeKey::Key(key.clone()), result);
     }
@@ -1084,8 +1111,8 @@ fn follow(
             }
         }
         let mut projection = inner.projection.write().unwrap_or_else(|p| p.into_inner());
-        for event in &decoded {
-            projection.apply(event);
+        for event in decoded {
+            projection.apply_owned(event);
         }
         if let Some(message) = failure {
             let end = projection.applied_end();

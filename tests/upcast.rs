@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use hybridstore::events::{
     DecodeError, Event, Generation, MessageReceived, MessageReceivedV1, MessageSent,
-    ProfileCreated, StoredEvent, ENVELOPE_FORMAT,
+    ProfileCreated, StoredEvent, StoredEventV1,
 };
 use hybridstore::projection::Direction;
 use hybridstore::{
@@ -56,8 +56,8 @@ fn envelope(
     event_type: &str,
     payload: Vec<u8>,
 ) -> Vec<u8> {
-    StoredEvent {
-        format: ENVELOPE_FORMAT,
+    StoredEventV1 {
+        format: 1,
         stream: fixture_stream().to_string(),
         stream_version,
         batch_index,
