@@ -59,7 +59,8 @@
 //!
 //! Record contents come from fixed seeds, so every run writes the same bytes.
 
-use std::env;
+mod common;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::hint::black_box;
@@ -68,6 +69,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{env_number, filesystem_type, nanos, LatencyRun, RunMode};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use hybridstore_wal::config::SEGMENT_SIZE_BYTES_DEFAULT;
@@ -163,30 +165,6 @@ const TIMING_QUICK: Timing = Timing {
 // Settings: command line and environment
 // ---------------------------------------------------------------------------------------------
 
-/// Criterion's options that take a value (so the filter can be told apart from their values).
-const CRITERION_VALUE_OPTIONS: &[&str] = &[
-    "-c",
-    "--color",
-    "--colour",
-    "-s",
-    "--save-baseline",
-    "-b",
-    "--baseline",
-    "--baseline-lenient",
-    "--format",
-    "--profile-time",
-    "--load-baseline",
-    "--sample-size",
-    "--warm-up-time",
-    "--measurement-time",
-    "--nresamples",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-    "--plotting-backend",
-    "--output-format",
-];
-
 /// What this run does, from the command line (as criterion reads it) and the environment.
 #[derive(Debug)]
 struct Settings {
@@ -203,44 +181,8 @@ struct Settings {
 
 impl Settings {
     fn from_args_and_env() -> Settings {
-        let mut bench = false;
-        let mut test = false;
-        let mut list = false;
-        let mut profile = false;
-        let mut filter = None;
-        let mut args = env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--bench" => bench = true,
-                "--test" => test = true,
-                "--list" => list = true,
-                "--profile-time" => {
-                    profile = true;
-                    args.next();
-                }
-                a if a.starts_with("--profile-time=") => profile = true,
-                a if CRITERION_VALUE_OPTIONS.contains(&a) => {
-                    args.next();
-                }
-                a if a.starts_with('-') => {}
-                a => {
-                    filter.get_or_insert_with(|| a.to_owned());
-                }
-            }
-        }
-        // Criterion's rule: without `--bench` (as under `cargo test --benches`) it only tests.
-        let test_mode = test || !bench;
-        let quick = test_mode || env_flag("HYBRIDSTORE_BENCH_QUICK");
-        let latency_report = !list
-            && !profile
-            && filter
-                .as_deref()
-                .is_none_or(|f| "latency_report".contains(f));
-
-        let dir = env::var_os("HYBRIDSTORE_BENCH_DIR").map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"),
-            PathBuf::from,
-        );
+        let mode = RunMode::from_args_and_env("latency_report");
+        let (quick, latency_report, dir) = (mode.quick, mode.report, mode.dir);
         let iterate_mib = env_number("HYBRIDSTORE_BENCH_ITER_MIB").unwrap_or(if quick {
             ITER_MIB_QUICK
         } else {
@@ -299,39 +241,6 @@ impl Settings {
                 )
             })
     }
-}
-
-fn env_flag(name: &str) -> bool {
-    env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
-}
-
-fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let value = env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid number")),
-    )
-}
-
-/// The type of the file system holding `path`, from `/proc/self/mounts` (Linux).
-fn filesystem_type(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _device = fields.next()?;
-            let mount_point = fields.next()?.replace("\\040", " ");
-            let fs_type = fields.next()?.to_owned();
-            Some((PathBuf::from(mount_point), fs_type))
-        })
-        .filter(|(mount_point, _)| path.starts_with(mount_point))
-        // The longest mount point wins; for equal ones the later (over-)mount.
-        .max_by_key(|(mount_point, _)| mount_point.as_os_str().len())
-        .map(|(_, fs_type)| fs_type)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -479,10 +388,6 @@ fn append_concurrently(
         let wall = started.elapsed();
         (wall, per_thread.concat())
     })
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -876,49 +781,6 @@ fn bench_open(c: &mut Criterion, settings: &Settings) {
 // ---------------------------------------------------------------------------------------------
 // 7. Latency report
 // ---------------------------------------------------------------------------------------------
-
-/// Per-op latencies of one run and the wall time of the whole run.
-struct LatencyRun {
-    label: String,
-    sorted_ns: Vec<u64>,
-    wall: Duration,
-}
-
-impl LatencyRun {
-    fn new(label: impl Into<String>, mut latencies_ns: Vec<u64>, wall: Duration) -> LatencyRun {
-        assert!(!latencies_ns.is_empty(), "a latency run records ops");
-        latencies_ns.sort_unstable();
-        LatencyRun {
-            label: label.into(),
-            sorted_ns: latencies_ns,
-            wall,
-        }
-    }
-
-    /// Nearest-rank percentile, in microseconds.
-    fn percentile_us(&self, q: f64) -> f64 {
-        let n = self.sorted_ns.len();
-        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-        self.sorted_ns[rank - 1] as f64 / 1000.0
-    }
-
-    fn ops_per_sec(&self) -> f64 {
-        self.sorted_ns.len() as f64 / self.wall.as_secs_f64()
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "{:<25}: p50 {:>9.1} µs  p99 {:>9.1} µs  p999 {:>9.1} µs  max {:>9.1} µs  ({} ops, {:.0} ops/s)",
-            self.label,
-            self.percentile_us(0.50),
-            self.percentile_us(0.99),
-            self.percentile_us(0.999),
-            self.sorted_ns.last().copied().unwrap_or(0) as f64 / 1000.0,
-            self.sorted_ns.len(),
-            self.ops_per_sec()
-        )
-    }
-}
 
 fn latency_raw(settings: &Settings, records: &Records, warm_up: usize) -> LatencyRun {
     let ops = settings.latency_ops;

@@ -2,8 +2,7 @@
 //! (quick/test mode, the filter), the bench data directory and its file system, environment
 //! numbers, and nearest-rank latency runs for the printed reports.
 //!
-//! `benches/store.rs` uses this module; `benches/wal.rs` predates it and keeps its own copies of
-//! the same helpers.
+//! `benches/wal.rs` and `benches/store.rs` both use it.
 
 #![allow(
     dead_code,
