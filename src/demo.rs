@@ -444,7 +444,7 @@ async fn exchange(
         2 * turn + 1
     );
     ensure!(
-        history.last().is_some_and(|m| m.text == text),
+        history.last().is_some_and(|m| *m.text == *text),
         "the last message read is not the one just received"
     );
     ensure!(

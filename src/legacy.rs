@@ -763,12 +763,12 @@ fn plan_chat(prefix: &str, data: &ChatData, stream: &StreamState) -> Vec<Planned
         let event = match message.direction {
             Direction::In => Event::MessageReceived(MessageReceived {
                 telegram_message_id: None,
-                text: message.text.clone(),
+                text: message.text.to_string(),
                 content_type: "text".to_owned(),
                 legacy_ts,
             }),
             Direction::Out => Event::MessageSent(MessageSent {
-                text: message.text.clone(),
+                text: message.text.to_string(),
                 kind: "reply".to_owned(),
                 generation: None,
                 legacy_ts,
@@ -1074,7 +1074,7 @@ fn legacy_message(message: MessageView) -> LegacyMessage {
     LegacyMessage {
         ts,
         direction: message.direction,
-        text: message.text,
+        text: message.text.to_string(),
     }
 }
 

@@ -74,7 +74,8 @@ pub struct MessageView {
     /// In or out.
     pub direction: Direction,
     /// The text.
-    pub text: String,
+    /// The text, shared: a read copies a reference count, not the text.
+    pub text: Arc<str>,
     /// When.
     pub at: Timestamp,
     /// The `ts` of an imported message, as the old file had it.
@@ -93,7 +94,7 @@ impl MessageView {
         Some(MessageView {
             position: event.position,
             direction,
-            text,
+            text: Arc::from(text),
             at: event.occurred_at,
             legacy_ts: legacy_ts.as_ref().map(JsonText::value),
         })
@@ -109,7 +110,7 @@ impl MessageView {
         Some(MessageView {
             position: event.position,
             direction,
-            text: text.clone(),
+            text: Arc::from(text.as_str()),
             at: event.occurred_at,
             legacy_ts: legacy_ts.as_ref().map(|t| t.value()),
         })

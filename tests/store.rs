@@ -1108,7 +1108,7 @@ async fn last_messages_reach_beyond_the_in_memory_tail() {
     }
     let min = Some(last.unwrap().last_position);
     let texts = |messages: &[hybridstore::projection::MessageView]| -> Vec<String> {
-        messages.iter().map(|m| m.text.clone()).collect()
+        messages.iter().map(|m| m.text.to_string()).collect()
     };
     let mut store = store;
     for pass in 0..2 {
@@ -1186,7 +1186,7 @@ async fn reads_with_min_position_see_the_append() {
             .last_messages(&stream, 1, Some(result.last_position))
             .await
             .unwrap();
-        assert_eq!(last[0].text, format!("a{n}"));
+        assert_eq!(&*last[0].text, format!("a{n}"));
     }
 }
 
@@ -1521,7 +1521,7 @@ async fn history_cleared_hides_older_messages() {
             .last_messages(&stream, 10, Some(last.last_position))
             .await
             .unwrap();
-        let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+        let texts: Vec<&str> = messages.iter().map(|m| &*m.text).collect();
         assert_eq!(
             texts,
             ["new0", "new1", "new2", "new3", "new4"],
@@ -1806,7 +1806,7 @@ async fn last_messages_of_other_stream_kinds_are_empty() {
     let min = Some(result.last_position);
     let own = store.last_messages(&conv(7), 10, min).await.unwrap();
     assert_eq!(own.len(), 1);
-    assert_eq!(own[0].text, "private chat");
+    assert_eq!(&*own[0].text, "private chat");
     for stream in [user, StreamId::bot(&bot()), StreamId::telemetry(&bot())] {
         let messages = store.last_messages(&stream, 10, min).await.unwrap();
         assert!(messages.is_empty(), "{stream}: {messages:?}");

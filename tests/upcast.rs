@@ -273,7 +273,7 @@ async fn v1_messages_are_upcast_on_read() {
         .await
         .unwrap();
     assert_eq!(messages.len(), FIXTURE_MESSAGES_IN as usize + 1);
-    assert_eq!(messages[0].text, fixture_text(0));
+    assert_eq!(&*messages[0].text, fixture_text(0));
     assert_eq!(
         messages[0].legacy_ts,
         Some(serde_json::json!("2024-01-02 10:00:00"))
