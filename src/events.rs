@@ -8,6 +8,9 @@
 //! with its position ([`DecodeError::UnknownEventType`]) instead of skipping it, and an older
 //! `schema_version` is upcast to the current struct on read (see [`MessageReceivedV1`]).
 //!
+//! The envelope's first byte is its format: 2 (written now) ends with a `flags` byte
+//! ([`FLAG_CLIENT_EVENT_ID`]); 1 ([`StoredEventV1`]) had no flags and is still read.
+//!
 //! JSON (for the HTTP API and the audit tool) is serde's: `{"type": "MessageReceived", "data": {…}}`,
 //! with JSON documents embedded as JSON, not as strings.
 //!
