@@ -79,7 +79,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{env_number, nanos, LatencyRun, RunMode};
+use common::{env_number, nanos, LatencyRun, RunMode, Timing};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use hybridstore::events::{
@@ -139,17 +139,6 @@ const APPEND_ROUNDS: usize = 3;
 /// Timed opens of the report's rebuild comparison (the best of each is reported).
 const REBUILD_ROUNDS: usize = 3;
 
-/// Criterion samples per benchmark.
-const SAMPLE_SIZE: usize = 10;
-
-/// Warm-up and measurement time of one group, and how criterion samples it.
-#[derive(Clone, Copy)]
-struct Timing {
-    warm_up: Duration,
-    measurement: Duration,
-    sampling: SamplingMode,
-}
-
 /// Append groups (every op ends in a shared `fdatasync`).
 const TIMING_FSYNC: Timing = Timing {
     warm_up: Duration::from_millis(1500),
@@ -167,12 +156,6 @@ const TIMING_READS: Timing = Timing {
     warm_up: Duration::from_secs(1),
     measurement: Duration::from_secs(3),
     sampling: SamplingMode::Auto,
-};
-/// Every group in quick mode.
-const TIMING_QUICK: Timing = Timing {
-    warm_up: Duration::from_millis(300),
-    measurement: Duration::from_secs(1),
-    sampling: SamplingMode::Flat,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -223,16 +206,7 @@ impl Settings {
     }
 
     fn configure(&self, group: &mut BenchmarkGroup<'_, WallTime>, timing: Timing) {
-        let timing = if self.mode.quick {
-            TIMING_QUICK
-        } else {
-            timing
-        };
-        group
-            .sample_size(SAMPLE_SIZE)
-            .warm_up_time(timing.warm_up)
-            .measurement_time(timing.measurement)
-            .sampling_mode(timing.sampling);
+        timing.configure(group, self.mode.quick);
     }
 }
 

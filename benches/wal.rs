@@ -69,7 +69,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{env_number, filesystem_type, nanos, LatencyRun, RunMode};
+use common::{env_number, nanos, LatencyRun, RunMode, Timing};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use hybridstore_wal::config::SEGMENT_SIZE_BYTES_DEFAULT;
@@ -118,17 +118,6 @@ const LATENCY_OPS_QUICK: usize = 200;
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 
-/// Criterion samples per benchmark.
-const SAMPLE_SIZE: usize = 10;
-
-/// Warm-up and measurement time of one group, and how criterion samples it.
-#[derive(Clone, Copy)]
-struct Timing {
-    warm_up: Duration,
-    measurement: Duration,
-    sampling: SamplingMode,
-}
-
 /// Groups whose operation ends in an `fdatasync` (milliseconds per op).
 const TIMING_FSYNC: Timing = Timing {
     warm_up: Duration::from_millis(1500),
@@ -152,12 +141,6 @@ const TIMING_ITERATE: Timing = Timing {
 const TIMING_OPEN: Timing = Timing {
     warm_up: Duration::from_secs(1),
     measurement: Duration::from_secs(5),
-    sampling: SamplingMode::Flat,
-};
-/// Every group in quick mode.
-const TIMING_QUICK: Timing = Timing {
-    warm_up: Duration::from_millis(300),
-    measurement: Duration::from_secs(1),
     sampling: SamplingMode::Flat,
 };
 
@@ -221,12 +204,7 @@ impl Settings {
     }
 
     fn configure(&self, group: &mut BenchmarkGroup<'_, WallTime>, timing: Timing) {
-        let timing = if self.quick { TIMING_QUICK } else { timing };
-        group
-            .sample_size(SAMPLE_SIZE)
-            .warm_up_time(timing.warm_up)
-            .measurement_time(timing.measurement)
-            .sampling_mode(timing.sampling);
+        timing.configure(group, self.quick);
     }
 
     /// A fresh directory for one group, removed when dropped.
@@ -894,23 +872,12 @@ fn latency_report(settings: &Settings) {
 
 fn main() {
     let settings = Settings::from_args_and_env();
-    fs::create_dir_all(&settings.dir)
-        .unwrap_or_else(|e| panic!("create the bench directory {}: {e}", settings.dir.display()));
-    let fs_type = filesystem_type(&settings.dir).unwrap_or_else(|| "unknown".into());
-    println!(
-        "hybridstore-wal benches: data in {} (file system: {fs_type}){}",
-        settings.dir.display(),
-        if settings.quick {
-            "; quick mode (tiny sizes, not a measurement)"
-        } else {
-            ""
-        }
-    );
-    if matches!(fs_type.as_str(), "tmpfs" | "ramfs") {
-        println!(
-            "WARNING: {fs_type} makes fdatasync free; set HYBRIDSTORE_BENCH_DIR to a directory on the real disk"
-        );
+    RunMode {
+        quick: settings.quick,
+        report: settings.latency_report,
+        dir: settings.dir.clone(),
     }
+    .announce("hybridstore-wal");
 
     let mut c = Criterion::default().configure_from_args();
     bench_raw_write_fdatasync(&mut c, &settings);

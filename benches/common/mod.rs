@@ -14,6 +14,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, SamplingMode};
 use tempfile::TempDir;
 
 /// Criterion's options that take a value (so the filter can be told apart from their values).
@@ -166,6 +168,39 @@ pub fn filesystem_type(path: &Path) -> Option<String> {
         // The longest mount point wins; for equal ones the later (over-)mount.
         .max_by_key(|(mount_point, _)| mount_point.as_os_str().len())
         .map(|(_, fs_type)| fs_type)
+}
+
+/// Criterion samples per benchmark.
+pub const SAMPLE_SIZE: usize = 10;
+
+/// Warm-up and measurement time of one group, and how criterion samples it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Criterion's warm-up time.
+    pub warm_up: Duration,
+    /// Criterion's measurement time.
+    pub measurement: Duration,
+    /// How criterion spreads its iterations over the samples.
+    pub sampling: SamplingMode,
+}
+
+/// Every group in quick mode.
+pub const TIMING_QUICK: Timing = Timing {
+    warm_up: Duration::from_millis(300),
+    measurement: Duration::from_secs(1),
+    sampling: SamplingMode::Flat,
+};
+
+impl Timing {
+    /// Applies this timing (or [`TIMING_QUICK`] in quick mode) and [`SAMPLE_SIZE`] to a group.
+    pub fn configure(self, group: &mut BenchmarkGroup<'_, WallTime>, quick: bool) {
+        let timing = if quick { TIMING_QUICK } else { self };
+        group
+            .sample_size(SAMPLE_SIZE)
+            .warm_up_time(timing.warm_up)
+            .measurement_time(timing.measurement)
+            .sampling_mode(timing.sampling);
+    }
 }
 
 /// A duration in whole nanoseconds.
