@@ -75,6 +75,19 @@ pub enum InputError {
         /// The limit (half a log segment).
         max: u64,
     },
+    /// An append whose event ids or idempotency keys were recorded only in part, by different
+    /// appends, or for another stream.
+    #[error("idempotency conflict: the append's event ids and keys do not all belong to one earlier append to this stream (reusing a key for different events is a client bug)")]
+    IdempotencyConflict,
+    /// An event whose encoding this build could not read back (e.g. JSON nested deeper than the
+    /// decoder allows); refused so that the log never holds a record that stops the store.
+    #[error("event #{index} cannot be read back once encoded: {reason}")]
+    Unreadable {
+        /// Index of the event in the append.
+        index: usize,
+        /// The decoder's complaint.
+        reason: String,
+    },
     /// An idempotency key over 256 bytes.
     #[error("idempotency key of {len} bytes exceeds 256 bytes")]
     IdempotencyKeyTooLong {
@@ -135,6 +148,12 @@ pub enum StoreError {
         applied: Position,
         /// How long the read waited.
         waited: Duration,
+    },
+    /// The projection stopped at a record it could not apply; reads that need newer events fail.
+    #[error("the projection has stopped: {reason}")]
+    ProjectionStopped {
+        /// What stopped it.
+        reason: String,
     },
     /// The store was closed.
     #[error("the store is closed")]

@@ -706,26 +706,7 @@ impl StoredEvent {
     /// # Errors
     /// A [`DecodeError`] for an unknown type or version, or bad bytes.
     pub fn into_recorded(self, position: Position) -> Result<RecordedEvent, DecodeError> {
-        let event = decode_payload(&self.event_type, self.schema_version, &self.payload)?;
-        let envelope = |reason: String| DecodeError::Envelope { reason };
-        Ok(RecordedEvent {
-            position,
-            stream: self
-                .stream
-                .parse()
-                .map_err(|e: crate::error::InputError| envelope(e.to_string()))?,
-            stream_version: StreamVersion(self.stream_version),
-            batch_index: self.batch_index,
-            batch_len: self.batch_len,
-            event_id: Uuid::from_bytes(self.event_id),
-            event_id_supplied: self.flags & FLAG_CLIENT_EVENT_ID != 0,
-            idempotency_key: self.idempotency_key,
-            recorded_at: Timestamp(self.recorded_at),
-            occurred_at: Timestamp(self.occurred_at),
-            schema_version: self.schema_version,
-            bot_id: BotId::new(self.bot_id).map_err(|e| envelope(e.to_string()))?,
-            event,
-        })
+        self.into_recorded_cached(position, &mut StreamCache::default())
     }
 }
 

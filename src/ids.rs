@@ -239,12 +239,13 @@ impl Timestamp {
     /// Parses a UTC calendar date `YYYY-MM-DD` into days since 1970-01-01.
     pub fn parse_date(date: &str) -> Option<i64> {
         let mut parts = date.splitn(3, '-');
-        let (y, m, d) = (
+        let (y, m, d): (i64, u32, u32) = (
             parts.next()?.parse::<i64>().ok()?,
             parts.next()?.parse::<u32>().ok()?,
             parts.next()?.parse::<u32>().ok()?,
         );
-        if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        // Years outside this range would overflow the day arithmetic; no bot has messages there.
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(0..=999_999).contains(&y) {
             return None;
         }
         let days = days_from_civil(y, m, d);

@@ -256,8 +256,8 @@ impl Projection {
                     .and_then(serde_json::Value::as_u64)
                     .unwrap_or(0);
                 let day = self.analytics.entry((bot, at.day())).or_default();
-                day.llm_calls += 1;
-                day.llm_tokens += tokens;
+                day.llm_calls = day.llm_calls.saturating_add(1);
+                day.llm_tokens = day.llm_tokens.saturating_add(tokens);
             }
             // The store refuses events on the wrong kind of stream, so nothing else reaches here.
             _ => {}
@@ -378,7 +378,7 @@ impl Projection {
                     profile.previous_response_id = e.previous_response_id.clone();
                 }
                 Event::MessageReceived(_) | Event::MessageSent(_) => {
-                    profile.message_count += 1;
+                    profile.message_count = profile.message_count.saturating_add(1);
                     profile.last_activity =
                         Some(serde_json::Value::String(recorded.occurred_at.to_rfc3339()));
                     if let Event::MessageSent(sent) = event {
@@ -424,30 +424,32 @@ impl Projection {
                     .entry((bot, recorded.occurred_at.day()))
                     .or_default();
                 if day.chats_seen.insert(chat_id) {
-                    day.active_chats += 1;
+                    day.active_chats = day.active_chats.saturating_add(1);
                 }
                 match &recorded.event {
                     Event::MessageReceived(_) => {
-                        head.messages_in += 1;
+                        head.messages_in = head.messages_in.saturating_add(1);
                         head.last_in_at = Some(message.at);
-                        head.unanswered += 1;
-                        day.messages_in += 1;
+                        head.unanswered = head.unanswered.saturating_add(1);
+                        day.messages_in = day.messages_in.saturating_add(1);
                     }
                     Event::MessageSent(sent) => {
-                        head.messages_out += 1;
+                        head.messages_out = head.messages_out.saturating_add(1);
                         head.last_out_at = Some(message.at);
                         head.unanswered = 0;
-                        day.messages_out += 1;
+                        day.messages_out = day.messages_out.saturating_add(1);
                         if let Some(generation) = &sent.generation {
-                            day.llm_calls += 1;
-                            day.llm_tokens += u64::from(generation.prompt_tokens)
-                                + u64::from(generation.completion_tokens);
+                            day.llm_calls = day.llm_calls.saturating_add(1);
+                            day.llm_tokens = day.llm_tokens.saturating_add(
+                                u64::from(generation.prompt_tokens)
+                                    + u64::from(generation.completion_tokens),
+                            );
                         }
                     }
                     _ => {}
                 }
                 conversation.tail.push_back(message);
-                conversation.retained += 1;
+                conversation.retained = conversation.retained.saturating_add(1);
                 while conversation.tail.len() > self.tail_len {
                     conversation.tail.pop_front();
                 }

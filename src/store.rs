@@ -172,15 +172,66 @@ struct StreamEntry {
 #[derive(Debug, Default)]
 struct Indexes {
     streams: DashMap<StreamId, StreamEntry, ahash::RandomState>,
-    dedupe: DashMap<DedupeKey, AppendResult, ahash::RandomState>,
+    /// Client-supplied event ids and idempotency keys → the append that recorded them.
+    dedupe: DashMap<DedupeKey, Recorded, ahash::RandomState>,
+}
+
+/// What the dedupe index keeps per key: the append's result and its stream.
+#[derive(Debug, Clone)]
+struct Recorded {
+    result: AppendResult,
+    stream: StreamId,
+}
+
+/// How the writer treats a request whose keys it has looked up.
+enum Verdict {
+    /// No key was recorded: append it.
+    New,
+    /// Every key belongs to one earlier append to the same stream (`Err(i)`: request `i` of this
+    /// batch): answer with its result.
+    Duplicate(Result<AppendResult, usize>),
+    /// Some keys were recorded and others not, or by different appends or streams.
+    Conflict,
 }
 
 impl Indexes {
+    /// The original result if `keys` are a retry of one recorded append to `stream`; `None` if
+    /// none is recorded.
+    ///
+    /// # Errors
+    /// [`InputError::IdempotencyConflict`] when only some keys are recorded, or by different
+    /// appends, or for another stream: answering with another append's result would tell the
+    /// caller its events were written when they were not.
+    fn duplicate_of(
+        &self,
+        keys: &[DedupeKey],
+        stream: &StreamId,
+    ) -> Result<Option<AppendResult>, InputError> {
+        let found: Vec<Option<Recorded>> = keys
+            .iter()
+            .map(|k| self.dedupe.get(k).map(|r| r.clone()))
+            .collect();
+        if found.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        match found.first() {
+            Some(Some(first))
+                if first.stream == *stream
+                    && found
+                        .iter()
+                        .all(|f| f.as_ref().is_some_and(|r| r.result == first.result)) =>
+            {
+                Ok(Some(first.result))
+            }
+            _ => Err(InputError::IdempotencyConflict),
+        }
+    }
+
     /// Indexes sized for a log of `events` events, so a rebuild never rehashes them.
     fn with_capacity(events: usize) -> Indexes {
         Indexes {
             streams: DashMap::with_capacity_and_hasher(events / 16, ahash::RandomState::new()),
-            dedupe: DashMap::with_capacity_and_hasher(events, ahash::RandomState::new()),
+            dedupe: DashMap::with_capacity_and_hasher(events / 2, ahash::RandomState::new()),
         }
     }
 }
@@ -322,10 +373,7 @@ impl Store {
     ) -> Result<AppendResult> {
         let inner = &self.inner;
         let keys = validate(stream, &events)?;
-        if let Some(original) = keys
-            .iter()
-            .find_map(|k| inner.indexes.dedupe.get(k).map(|r| *r))
-        {
+        if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
             return Ok(original);
         }
         let lock = inner
@@ -335,10 +383,7 @@ impl Store {
             .clone();
         // An owned guard, so that it can travel with the log append below.
         let guard = lock.lock_owned().await;
-        if let Some(original) = keys
-            .iter()
-            .find_map(|k| inner.indexes.dedupe.get(k).map(|r| *r))
-        {
+        if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
             return Ok(original);
         }
         let current = inner
@@ -382,6 +427,15 @@ impl Store {
                 s.encode()
             })
             .map_err(|e| StoreError::Task(format!("encoding an event: {e}")))?;
+            // Pair check: never write a record this build cannot read back (a JSON value nested
+            // past the decoder's limit would otherwise stop the projection and every later open).
+            if let Err(error) = decode_record(Position(0), &stored) {
+                return Err(InputError::Unreadable {
+                    index,
+                    reason: error.to_string(),
+                }
+                .into());
+            }
             if stored.len() > inner.config.event_size_max_bytes {
                 return Err(InputError::EventTooLarge {
                     index,
@@ -433,6 +487,9 @@ impl Store {
             return Err(StoreError::Closed);
         };
         sender.send(request).map_err(|_| StoreError::Closed)?;
+        // Hold no sender while waiting: `close` stops the writer once every sender is gone, and
+        // must not wait for a caller that stopped polling.
+        drop(sender);
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -464,6 +521,9 @@ impl Store {
         let reached = tokio::time::timeout(wait, receiver.wait_for(|applied| *applied > min)).await;
         match reached {
             Ok(Ok(_)) => Ok(()),
+            _ if self.projection_error().is_some() => Err(StoreError::ProjectionStopped {
+                reason: self.projection_error().unwrap_or_default(),
+            }),
             _ => Err(StoreError::NotCaughtUp {
                 min_position: min,
                 applied: *self.inner.applied.borrow(),
@@ -926,10 +986,22 @@ fn apply_to_indexes(indexes: Option<&Indexes>, event: &RecordedEvent) {
         stream_version: StreamVersion(event.stream_version.0 + ahead),
     };
     if event.event_id_supplied {
-        dedupe.insert(DedupeKey::EventId(event.event_id), result);
+        dedupe.insert(
+            DedupeKey::EventId(event.event_id),
+            Recorded {
+                result,
+                stream: event.stream.clone(),
+            },
+        );
     }
     if let Some(key) = &event.idempotency_key {
-        dedupe.insert(DedupeKey::Key(key.clone()), result);
+        dedupe.insert(
+            DedupeKey::Key(key.clone()),
+            Recorded {
+                result,
+                stream: event.stream.clone(),
+            },
+        );
     }
 }
 
@@ -966,32 +1038,60 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
         // The last word on duplicates is here: only this thread records keys, so two first-time
         // appends with the same event id or idempotency key (even to different streams, which do
         // not share a lock) cannot both be written.
-        let mut seen: HashMap<DedupeKey, usize, ahash::RandomState> = HashMap::default();
+        let mut seen: HashMap<DedupeKey, (usize, StreamId), ahash::RandomState> =
+            HashMap::default();
         let mut duplicate_of: Vec<Option<Result<AppendResult, usize>>> =
             Vec::with_capacity(batch.len());
+        let mut conflicts: Vec<bool> = Vec::with_capacity(batch.len());
         for (index, request) in batch.iter().enumerate() {
-            let keys = request
+            let keys: Vec<DedupeKey> = request
                 .event_ids
                 .iter()
                 .map(|id| DedupeKey::EventId(*id))
-                .chain(request.keys.iter().cloned().map(DedupeKey::Key));
-            let mut verdict = None;
-            let mut own = Vec::new();
-            for key in keys {
-                if let Some(original) = indexes.dedupe.get(&key) {
-                    verdict = Some(Ok(*original));
-                    break;
+                .chain(request.keys.iter().cloned().map(DedupeKey::Key))
+                .collect();
+            // Where each key was recorded: in the index (an earlier append), or by an earlier
+            // request of this batch.
+            let origins: Vec<Option<(Result<AppendResult, usize>, StreamId)>> = keys
+                .iter()
+                .map(|key| {
+                    if let Some(recorded) = indexes.dedupe.get(key) {
+                        return Some((Ok(recorded.result), recorded.stream.clone()));
+                    }
+                    seen.get(key)
+                        .map(|(earlier, stream)| (Err(*earlier), stream.clone()))
+                })
+                .collect();
+            let verdict = match origins.first() {
+                None | Some(None) if origins.iter().all(Option::is_none) => Verdict::New,
+                Some(Some((origin, stream)))
+                    if *stream == request.stream
+                        && origins
+                            .iter()
+                            .all(|o| o.as_ref().is_some_and(|(x, _)| x == origin)) =>
+                {
+                    Verdict::Duplicate(*origin)
                 }
-                if let Some(&earlier) = seen.get(&key) {
-                    verdict = Some(Err(earlier));
-                    break;
+                _ => Verdict::Conflict,
+            };
+            match verdict {
+                Verdict::New => {
+                    seen.extend(
+                        keys.into_iter()
+                            .map(|key| (key, (index, request.stream.clone()))),
+                    );
+                    duplicate_of.push(None);
+                    conflicts.push(false);
                 }
-                own.push(key);
+                Verdict::Duplicate(origin) => {
+                    duplicate_of.push(Some(origin));
+                    conflicts.push(false);
+                }
+                Verdict::Conflict => {
+                    duplicate_of.push(Some(Err(usize::MAX)));
+                    conflicts.push(true);
+                }
             }
-            if verdict.is_none() {
-                seen.extend(own.into_iter().map(|key| (key, index)));
-            }
-            duplicate_of.push(verdict);
         }
         let records: Vec<&[u8]> = batch
             .iter()
@@ -1008,7 +1108,21 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
             Ok(appended) => {
                 let mut position = appended.map_or(Position(0), |a| a.first);
                 let mut results: Vec<AppendResult> = Vec::with_capacity(batch.len());
-                for (request, verdict) in batch.into_iter().zip(duplicate_of) {
+                for ((request, verdict), conflict) in
+                    batch.into_iter().zip(duplicate_of).zip(conflicts)
+                {
+                    if conflict {
+                        results.push(AppendResult {
+                            first_position: Position(0),
+                            last_position: Position(0),
+                            stream_version: StreamVersion(0),
+                        });
+                        drop(request.guard);
+                        let _ = request
+                            .reply
+                            .send(Err(InputError::IdempotencyConflict.into()));
+                        continue;
+                    }
                     let result = match verdict {
                         Some(Ok(original)) => original,
                         Some(Err(earlier)) => results[earlier],
@@ -1022,7 +1136,7 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
                             position = position.advance(count);
                             indexes
                                 .streams
-                                .entry(request.stream)
+                                .entry(request.stream.clone())
                                 .or_default()
                                 .positions
                                 .extend(
@@ -1030,10 +1144,22 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
                                         .map(Position),
                                 );
                             for id in request.event_ids {
-                                indexes.dedupe.insert(DedupeKey::EventId(id), result);
+                                indexes.dedupe.insert(
+                                    DedupeKey::EventId(id),
+                                    Recorded {
+                                        result,
+                                        stream: request.stream.clone(),
+                                    },
+                                );
                             }
                             for key in request.keys {
-                                indexes.dedupe.insert(DedupeKey::Key(key), result);
+                                indexes.dedupe.insert(
+                                    DedupeKey::Key(key),
+                                    Recorded {
+                                        result,
+                                        stream: request.stream.clone(),
+                                    },
+                                );
                             }
                             result
                         }
@@ -1083,7 +1209,10 @@ fn follow(
             Ok(Some(record)) => record,
             Ok(None) => continue,
             Err(error) => {
-                report_tail_error(&inner, format!("the projection stopped: {error}"));
+                // A log closed by `close` or drop is the normal end, not a failure.
+                if !shutdown.load(Ordering::Relaxed) {
+                    report_tail_error(&inner, format!("the projection stopped: {error}"));
+                }
                 return;
             }
         };

@@ -1814,7 +1814,7 @@ async fn last_messages_of_other_stream_kinds_are_empty() {
 }
 
 /// Proves concurrent first-time appends carrying the same idempotency key to different streams
-/// (which share no lock) write exactly one event, and every caller gets that append's result.
+/// (which share no lock) write exactly one event: one caller gets it, the others a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_on_different_streams_concurrently_appends_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -1832,19 +1832,161 @@ async fn same_key_on_different_streams_concurrently_appends_once() {
                             vec![NewEvent::new(received("same")).with_key(key)],
                         )
                         .await
-                        .unwrap()
                 })
             })
             .collect();
-        let mut results = Vec::new();
+        let mut written = 0;
         for task in tasks {
-            results.push(task.await.unwrap());
+            match task.await.unwrap() {
+                Ok(_) => written += 1,
+                Err(error) => assert!(
+                    matches!(error, StoreError::Input(InputError::IdempotencyConflict)),
+                    "round {round}: {error}"
+                ),
+            }
         }
-        assert!(
-            results.windows(2).all(|w| w[0] == w[1]),
-            "round {round}: callers saw different results {results:?}"
+        assert_eq!(
+            written, 1,
+            "round {round}: exactly one caller's append is written"
         );
     }
     let all = store.read_all(Position(0), 10_000).await.unwrap();
     assert_eq!(all.len(), 20, "one event per key, whatever the stream");
+}
+
+/// Proves an append whose keys were only partly recorded is refused as a conflict (not answered
+/// with the earlier append's result while its new event is silently dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partly_recorded_keys_are_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    store
+        .append(
+            &conv(1),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(received("a")).with_key("ka")],
+        )
+        .await
+        .unwrap();
+    let both = store
+        .append(
+            &conv(1),
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new(received("a")).with_key("ka"),
+                NewEvent::new(received("b")).with_key("kb"),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(
+            both,
+            Err(StoreError::Input(InputError::IdempotencyConflict))
+        ),
+        "{both:?}"
+    );
+    let elsewhere = store
+        .append(
+            &conv(2),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(received("a")).with_key("ka")],
+        )
+        .await;
+    assert!(
+        matches!(
+            elsewhere,
+            Err(StoreError::Input(InputError::IdempotencyConflict))
+        ),
+        "{elsewhere:?}"
+    );
+    assert_eq!(store.durable_end(), Position(1), "nothing more was written");
+}
+
+/// Proves an event the decoder could not read back (JSON nested past serde_json's limit) is
+/// refused, and the store still reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_json_is_refused_and_the_store_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let mut deep = serde_json::Value::Null;
+    for _ in 0..200 {
+        deep = serde_json::Value::Array(vec![deep]);
+    }
+    let event = Event::ConfigValueSet(ConfigValueSet {
+        scope: "global".into(),
+        key: "deep".into(),
+        value: JsonText::from_value(&deep),
+    });
+    let result = store
+        .append(&StreamId::bot(&bot()), ExpectedVersion::Any, one(event))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Input(InputError::Unreadable { index: 0, .. }))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(store.durable_end(), Position(0));
+    store.close().await.unwrap();
+    open_dir(dir.path()).await.close().await.unwrap();
+}
+
+/// Proves counters fed absurd values saturate instead of overflowing (which would panic the
+/// projector in a debug build and stop every later open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_token_counts_saturate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let telemetry = StreamId::telemetry(&bot());
+    let at = Timestamp(1_795_000_000_000);
+    let mut last = None;
+    for _ in 0..2 {
+        let event = Event::AnalyticsRecorded(AnalyticsRecorded {
+            kind: "llm_call".into(),
+            user_id: None,
+            properties: json_text(json!({"tokens": u64::MAX})),
+        });
+        last = Some(
+            store
+                .append(
+                    &telemetry,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new(event).at(at)],
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let tokens = store
+        .read_projection(Some(last.unwrap().last_position), |p| {
+            p.daily(&bot(), &at.date()).map(|d| d.llm_tokens)
+        })
+        .await
+        .unwrap();
+    assert_eq!(tokens, Some(u64::MAX));
+    store.close().await.unwrap();
+    let reopened = open_dir(dir.path()).await;
+    assert_eq!(reopened.durable_end(), Position(2));
+}
+
+/// Proves `close` does not wait for an append future that was started and then left unpolled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_wait_for_an_abandoned_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let stream = conv(5);
+    let mut pending = Box::pin(store.append(&stream, ExpectedVersion::Any, one(received("x"))));
+    // Poll it once so that it reaches the writer, then leave it alive but unpolled.
+    let _ = futures_poll_once(pending.as_mut()).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), store.clone().close()).await;
+    assert!(
+        matches!(closed, Ok(Ok(()))),
+        "close hung or failed: {closed:?}"
+    );
+    drop(pending);
+}
+
+async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut future).poll(cx))).await
 }
