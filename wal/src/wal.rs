@@ -124,16 +124,7 @@ impl Wal {
         fs.create_dir_all(&dir)
             .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock_guard = fs.lock(&lock_path).map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                Error::Locked {
-                    dir: dir.clone(),
-                    lock_path: lock_path.clone(),
-                }
-            } else {
-                Error::io("lock", &lock_path, e)
-            }
-        })?;
+        let lock_guard = take_lock(&*fs, &dir, &lock_path)?;
         let recovered = recover(&*fs, &dir, &options)?;
         let published = Published {
             segments: recovered.segments.clone().into(),
@@ -431,6 +422,32 @@ struct Recovered {
     segments: Vec<Arc<Segment>>,
     end_position: Position,
     end_offset: u64,
+}
+
+/// How long `open` waits for a lock held by someone else before reporting [`Error::Locked`].
+///
+/// A lock released by a close in this process can outlive the close for a moment: a child
+/// process forked meanwhile holds the lock file's descriptor until its `exec` closes it (it is
+/// close-on-exec). A short wait rides that out; a second writer still gets `Locked`.
+pub const LOCK_WAIT: Duration = Duration::from_millis(250);
+
+fn take_lock(fs: &dyn FileSystem, dir: &Path, lock_path: &Path) -> Result<Box<dyn LockGuard>> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match fs.lock(lock_path) {
+            Ok(guard) => return Ok(guard),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Locked {
+                        dir: dir.to_owned(),
+                        lock_path: lock_path.to_owned(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(Error::io("lock", lock_path, e)),
+        }
+    }
 }
 
 /// Reads the clean-shutdown marker: whether the file exists, and its contents if valid.
