@@ -183,47 +183,69 @@ struct Recorded {
     stream: StreamId,
 }
 
-/// How the writer treats a request whose keys it has looked up.
-enum Verdict {
-    /// No key was recorded: append it.
+/// Whether an append is new, a retry of an earlier one, or a conflict.
+enum Verdict<O> {
+    /// None of its events is recorded: append it.
     New,
-    /// Every key belongs to one earlier append to the same stream (`Err(i)`: request `i` of this
-    /// batch): answer with its result.
-    Duplicate(Result<AppendResult, usize>),
-    /// Some keys were recorded and others not, or by different appends or streams.
+    /// Every event is recorded (by its id or its key), all by one earlier append to the same
+    /// stream: answer with that append's result.
+    Duplicate(O),
+    /// Some events are recorded and others not, or by different appends, or for another stream.
     Conflict,
 }
 
+/// Classifies an append by where its events' ids and keys were recorded (`lookup` gives the
+/// recording append `O` and its stream). A retry may carry fresh event ids beside recorded keys
+/// (an event counts as recorded if its id or its key is), and may name only some events of the
+/// earlier append; what it may not do is mix recorded and unrecorded events — answering with the
+/// earlier result would tell the caller that events were written when they were not.
+fn classify<O: Copy + PartialEq>(
+    event_keys: &[Vec<DedupeKey>],
+    stream: &StreamId,
+    lookup: impl Fn(&DedupeKey) -> Option<(O, StreamId)>,
+) -> Verdict<O> {
+    let mut origin: Option<(O, StreamId)> = None;
+    let mut recorded_events = 0;
+    for keys in event_keys {
+        let mut recorded = false;
+        for key in keys {
+            let Some((found, found_stream)) = lookup(key) else {
+                continue;
+            };
+            match &origin {
+                None => origin = Some((found, found_stream)),
+                Some((o, st)) if *o == found && *st == found_stream => {}
+                Some(_) => return Verdict::Conflict,
+            }
+            recorded = true;
+        }
+        recorded_events += usize::from(recorded);
+    }
+    match origin {
+        None => Verdict::New,
+        Some((o, st)) if st == *stream && recorded_events == event_keys.len() => {
+            Verdict::Duplicate(o)
+        }
+        Some(_) => Verdict::Conflict,
+    }
+}
+
 impl Indexes {
-    /// The original result if `keys` are a retry of one recorded append to `stream`; `None` if
-    /// none is recorded.
+    /// The original result if `event_keys` are a retry of one recorded append to `stream`;
+    /// `None` if none of them is recorded.
     ///
     /// # Errors
-    /// [`InputError::IdempotencyConflict`] when only some keys are recorded, or by different
-    /// appends, or for another stream: answering with another append's result would tell the
-    /// caller its events were written when they were not.
+    /// [`InputError::IdempotencyConflict`], see [`classify`].
     fn duplicate_of(
         &self,
-        keys: &[DedupeKey],
+        event_keys: &[Vec<DedupeKey>],
         stream: &StreamId,
     ) -> Result<Option<AppendResult>, InputError> {
-        let found: Vec<Option<Recorded>> = keys
-            .iter()
-            .map(|k| self.dedupe.get(k).map(|r| r.clone()))
-            .collect();
-        if found.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        match found.first() {
-            Some(Some(first))
-                if first.stream == *stream
-                    && found
-                        .iter()
-                        .all(|f| f.as_ref().is_some_and(|r| r.result == first.result)) =>
-            {
-                Ok(Some(first.result))
-            }
-            _ => Err(InputError::IdempotencyConflict),
+        let lookup = |key: &DedupeKey| self.dedupe.get(key).map(|r| (r.result, r.stream.clone()));
+        match classify(event_keys, stream, lookup) {
+            Verdict::New => Ok(None),
+            Verdict::Duplicate(result) => Ok(Some(result)),
+            Verdict::Conflict => Err(InputError::IdempotencyConflict),
         }
     }
 
@@ -241,8 +263,8 @@ struct AppendRequest {
     records: Vec<Vec<u8>>,
     stream: StreamId,
     first_version: u64,
-    event_ids: Vec<Uuid>,
-    keys: Vec<String>,
+    /// Per event, its client-supplied id and idempotency key (as dedupe keys).
+    event_keys: Vec<Vec<DedupeKey>>,
     /// The stream's lock, released by the writer once the indexes are updated.
     guard: tokio::sync::OwnedMutexGuard<()>,
     reply: tokio::sync::oneshot::Sender<Result<AppendResult>>,
@@ -407,7 +429,6 @@ impl Store {
         let first_version = current.unwrap_or(0);
         let recorded_at = Timestamp::now();
         let mut records = Vec::with_capacity(events.len());
-        let mut event_ids = Vec::with_capacity(events.len());
         for (index, new) in events.iter().enumerate() {
             let event_id = new.event_id.unwrap_or_else(Uuid::now_v7);
             let stored = StoredEvent::new(
@@ -446,11 +467,6 @@ impl Store {
                 .into());
             }
             records.push(stored);
-            // Only ids the client chose can come back in a retry; generated ones stay out of
-            // the dedupe index (which would otherwise grow by an entry per event forever).
-            if new.event_id.is_some() {
-                event_ids.push(event_id);
-            }
         }
         let encoded_len: u64 = records.iter().map(|r| r.len() as u64 + 4).sum();
         let encoded_len_max = inner.wal.options().append_encoded_len_max() / 2;
@@ -466,11 +482,7 @@ impl Store {
             records,
             stream: stream.clone(),
             first_version,
-            event_ids,
-            keys: events
-                .iter()
-                .filter_map(|e| e.idempotency_key.clone())
-                .collect(),
+            event_keys: keys,
             guard,
             reply,
         };
@@ -839,7 +851,7 @@ impl Subscription {
     }
 }
 
-fn validate(stream: &StreamId, events: &[NewEvent]) -> Result<Vec<DedupeKey>, InputError> {
+fn validate(stream: &StreamId, events: &[NewEvent]) -> Result<Vec<Vec<DedupeKey>>, InputError> {
     if events.is_empty() {
         return Err(InputError::EmptyAppend);
     }
@@ -849,7 +861,7 @@ fn validate(stream: &StreamId, events: &[NewEvent]) -> Result<Vec<DedupeKey>, In
             max: APPEND_EVENTS_MAX,
         });
     }
-    let mut keys = Vec::new();
+    let mut keys: Vec<Vec<DedupeKey>> = Vec::with_capacity(events.len());
     for (index, new) in events.iter().enumerate() {
         if new.event.stream_kind() != stream.kind() {
             return Err(InputError::WrongStreamKind {
@@ -878,12 +890,13 @@ fn validate(stream: &StreamId, events: &[NewEvent]) -> Result<Vec<DedupeKey>, In
             }
             own.push(DedupeKey::Key(key.clone()));
         }
-        for key in own {
-            if keys.contains(&key) {
-                return Err(InputError::DuplicateInAppend { index });
-            }
-            keys.push(key);
+        if own
+            .iter()
+            .any(|key| keys.iter().flatten().any(|k| k == key))
+        {
+            return Err(InputError::DuplicateInAppend { index });
         }
+        keys.push(own);
     }
     Ok(keys)
 }
@@ -1044,42 +1057,20 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
             Vec::with_capacity(batch.len());
         let mut conflicts: Vec<bool> = Vec::with_capacity(batch.len());
         for (index, request) in batch.iter().enumerate() {
-            let keys: Vec<DedupeKey> = request
-                .event_ids
-                .iter()
-                .map(|id| DedupeKey::EventId(*id))
-                .chain(request.keys.iter().cloned().map(DedupeKey::Key))
-                .collect();
             // Where each key was recorded: in the index (an earlier append), or by an earlier
             // request of this batch.
-            let origins: Vec<Option<(Result<AppendResult, usize>, StreamId)>> = keys
-                .iter()
-                .map(|key| {
-                    if let Some(recorded) = indexes.dedupe.get(key) {
-                        return Some((Ok(recorded.result), recorded.stream.clone()));
-                    }
-                    seen.get(key)
-                        .map(|(earlier, stream)| (Err(*earlier), stream.clone()))
-                })
-                .collect();
-            let verdict = match origins.first() {
-                None | Some(None) if origins.iter().all(Option::is_none) => Verdict::New,
-                Some(Some((origin, stream)))
-                    if *stream == request.stream
-                        && origins
-                            .iter()
-                            .all(|o| o.as_ref().is_some_and(|(x, _)| x == origin)) =>
-                {
-                    Verdict::Duplicate(*origin)
+            let lookup = |key: &DedupeKey| {
+                if let Some(recorded) = indexes.dedupe.get(key) {
+                    return Some((Ok(recorded.result), recorded.stream.clone()));
                 }
-                _ => Verdict::Conflict,
+                seen.get(key)
+                    .map(|(earlier, stream)| (Err(*earlier), stream.clone()))
             };
+            let verdict = classify(&request.event_keys, &request.stream, lookup);
             match verdict {
                 Verdict::New => {
-                    seen.extend(
-                        keys.into_iter()
-                            .map(|key| (key, (index, request.stream.clone()))),
-                    );
+                    let keys = request.event_keys.iter().flatten().cloned();
+                    seen.extend(keys.map(|key| (key, (index, request.stream.clone()))));
                     duplicate_of.push(None);
                     conflicts.push(false);
                 }
@@ -1143,18 +1134,9 @@ fn append_loop(wal: &Wal, indexes: &Indexes, requests: &std::sync::mpsc::Receive
                                     (result.first_position.0..=result.last_position.0)
                                         .map(Position),
                                 );
-                            for id in request.event_ids {
+                            for key in request.event_keys.into_iter().flatten() {
                                 indexes.dedupe.insert(
-                                    DedupeKey::EventId(id),
-                                    Recorded {
-                                        result,
-                                        stream: request.stream.clone(),
-                                    },
-                                );
-                            }
-                            for key in request.keys {
-                                indexes.dedupe.insert(
-                                    DedupeKey::Key(key),
+                                    key,
                                     Recorded {
                                         result,
                                         stream: request.stream.clone(),
