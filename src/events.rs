@@ -130,7 +130,8 @@ pub struct UserBlocked {
 /// The bot serves a blocked user again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserUnblocked {}
-/// A user asked to be forgotten: their state is removed from every projection.
+/// A user asked to be forgotten: their user record, and the profile and conversation of their
+/// private chat (chat id = user id), are removed from every projection. The log keeps the events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserErased {}
 

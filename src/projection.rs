@@ -227,7 +227,9 @@ impl Projection {
         let key = recorded.stream.key();
         let at = recorded.occurred_at;
         match (&recorded.event, recorded.stream.kind(), key) {
-            (event, StreamKind::User, Some(user_id)) => self.apply_user(bot, user_id, at, event),
+            (event, StreamKind::User, Some(user_id)) => {
+                self.apply_user(bot, user_id, recorded.position, at, event)
+            }
             (event, StreamKind::Conversation, Some(chat_id)) => {
                 self.apply_conversation(recorded, message, bot, chat_id, event)
             }
@@ -264,7 +266,14 @@ impl Projection {
         }
     }
 
-    fn apply_user(&mut self, bot: BotId, user_id: i64, at: Timestamp, event: &Event) {
+    fn apply_user(
+        &mut self,
+        bot: BotId,
+        user_id: i64,
+        position: Position,
+        at: Timestamp,
+        event: &Event,
+    ) {
         let key = (bot, user_id);
         match event {
             Event::UserRegistered(e) if self.users.contains_key(&key) => {
@@ -287,6 +296,13 @@ impl Projection {
                 );
             }
             Event::UserErased(_) => {
+                // Their private chat (a Telegram private chat's id is the user's id) goes too: the
+                // profile the bot kept of them, and every message so far, as `HistoryCleared`
+                // does (reads must not fetch the older messages from the log either).
+                self.profiles.remove(&key);
+                let mut cleared = ConversationView::default();
+                cleared.head.cleared_before = position;
+                self.conversations.insert(key.clone(), cleared);
                 self.users.remove(&key);
             }
             _ => {

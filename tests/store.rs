@@ -1990,3 +1990,86 @@ async fn close_does_not_wait_for_an_abandoned_append() {
 async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut future).poll(cx))).await
 }
+
+/// Proves erasing a user also removes their private chat's profile and messages from the reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_removes_their_private_chat_from_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let user = StreamId::user(&bot(), 77);
+    store
+        .append(
+            &user,
+            ExpectedVersion::Any,
+            one(Event::UserRegistered(UserRegistered {
+                identity: Identity::default(),
+            })),
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &conv(77),
+            ExpectedVersion::Any,
+            one(Event::ProfileCreated(ProfileCreated { name: "Mia".into() })),
+        )
+        .await
+        .unwrap();
+    store
+        .append(&conv(77), ExpectedVersion::Any, one(received("secret")))
+        .await
+        .unwrap();
+    let erased = store
+        .append(
+            &user,
+            ExpectedVersion::Any,
+            one(Event::UserErased(UserErased {})),
+        )
+        .await
+        .unwrap();
+    let (user_view, profile, tail) = store
+        .read_projection(Some(erased.last_position), |p| {
+            (
+                p.user(&bot(), 77).cloned(),
+                p.profile(&bot(), 77).cloned(),
+                p.conversation(&bot(), 77).map(|c| c.tail.len()),
+            )
+        })
+        .await
+        .unwrap();
+    assert!(user_view.is_none() && profile.is_none());
+    assert_eq!(tail, Some(0), "the conversation is emptied");
+    assert!(store
+        .last_messages(&conv(77), 20, None)
+        .await
+        .unwrap()
+        .is_empty());
+    // New messages after the erasure: even past the memory tail, the older ones stay hidden.
+    let tail_len = store.config().conversation_tail_len;
+    let mut last = erased;
+    for i in 0..(tail_len + 5) {
+        last = store
+            .append(
+                &conv(77),
+                ExpectedVersion::Any,
+                one(received(&format!("new {i}"))),
+            )
+            .await
+            .unwrap();
+    }
+    let messages = store
+        .last_messages(&conv(77), 1000, Some(last.last_position))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), tail_len + 5);
+    assert!(
+        messages.iter().all(|m| m.text.starts_with("new ")),
+        "an erased message came back"
+    );
+    let (rebuilt, _) = store.rebuild_projection().await.unwrap();
+    assert_eq!(
+        rebuilt,
+        store.projection_snapshot().await.unwrap(),
+        "erasure is the same live and rebuilt"
+    );
+}
