@@ -104,15 +104,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             println!("{}", config.banner(&cli.data_dir));
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("error: cannot start the async runtime: {error}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(demo::run(&cli.data_dir, &config)) {
                 Ok(report) => {
@@ -126,6 +120,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A multi-threaded tokio runtime for one command; exit code 2 (with the reason on stderr) if it
+/// cannot start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::from(2)
+        })
 }
 
 /// The bot whose chats a legacy import or export concerns.
@@ -146,15 +152,9 @@ fn with_store<F>(data_dir: &std::path::Path, command: F) -> ExitCode
 where
     F: AsyncFnOnce(&hybridstore::Store) -> ExitCode,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let config = hybridstore::StoreConfig::new(data_dir);
