@@ -209,15 +209,7 @@ impl Settings {
 
     /// A fresh directory for one group, removed when dropped.
     fn temp_dir(&self, name: &str) -> TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("{name}-"))
-            .tempdir_in(&self.dir)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "create a temporary directory in {}: {e}",
-                    self.dir.display()
-                )
-            })
+        common::temp_dir_in(&self.dir, name)
     }
 }
 

@@ -120,16 +120,19 @@ impl RunMode {
 
     /// A fresh directory for one group, removed when dropped.
     pub fn temp_dir(&self, name: &str) -> TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("{name}-"))
-            .tempdir_in(&self.dir)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "create a temporary directory in {}: {e}",
-                    self.dir.display()
-                )
-            })
+        temp_dir_in(&self.dir, name)
     }
+}
+
+/// A fresh directory named `{name}-…` in `dir`, removed when dropped.
+///
+/// # Panics
+/// If it cannot be created (a bench cannot run without it).
+pub fn temp_dir_in(dir: &Path, name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(dir)
+        .unwrap_or_else(|e| panic!("create a temporary directory in {}: {e}", dir.display()))
 }
 
 /// True when the variable is `1`, `true` or `yes`.
