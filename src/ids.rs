@@ -377,6 +377,74 @@ impl fmt::Display for Component {
     }
 }
 
+/// A set of components (which parts of a projection to maintain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ComponentSet(u8);
+
+impl ComponentSet {
+    /// No component.
+    pub const NONE: ComponentSet = ComponentSet(0);
+    /// Every component.
+    pub const ALL: ComponentSet = ComponentSet(0b1_1111);
+
+    fn bit(component: Component) -> u8 {
+        1 << (component as u8)
+    }
+
+    /// The set holding `components`.
+    pub fn of(components: impl IntoIterator<Item = Component>) -> ComponentSet {
+        components
+            .into_iter()
+            .fold(ComponentSet::NONE, |set, c| set.with(c))
+    }
+
+    /// This set plus `component`.
+    #[must_use]
+    pub fn with(self, component: Component) -> ComponentSet {
+        ComponentSet(self.0 | ComponentSet::bit(component))
+    }
+
+    /// Whether `component` is in the set.
+    pub fn contains(self, component: Component) -> bool {
+        self.0 & ComponentSet::bit(component) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The components in the set, in [`Component::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Component> {
+        Component::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+
+    /// Parses a comma-separated list of component names (`all` for every one).
+    ///
+    /// # Errors
+    /// [`InputError::UnknownComponent`] for a name that is not a component.
+    pub fn parse_list(list: &str) -> Result<ComponentSet, InputError> {
+        let mut set = ComponentSet::NONE;
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                set = ComponentSet::ALL;
+            } else {
+                set = set.with(name.parse()?);
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for ComponentSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Component::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 /// Where a component's reads come from (design §5).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
@@ -431,6 +499,17 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Proves component lists parse to the named sets and refuse unknown names.
+    #[test]
+    fn component_lists() {
+        let set = ComponentSet::parse_list("users, profiles").unwrap();
+        assert_eq!(set.to_string(), "users,profiles");
+        assert!(!set.contains(Component::Analytics));
+        assert_eq!(ComponentSet::parse_list("all").unwrap(), ComponentSet::ALL);
+        assert_eq!(ComponentSet::of(Component::ALL), ComponentSet::ALL);
+        assert!(ComponentSet::parse_list("users,bogus").is_err());
     }
 
     /// Proves dates are computed in UTC across the epoch and leap days.

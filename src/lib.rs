@@ -7,6 +7,7 @@
 //! - [`store`]: the [`store::Store`] handle — validated, idempotent, optimistically concurrent
 //!   appends; stream and log reads; subscriptions.
 //! - [`projection`]: the in-memory read models (the embedded default's read path).
+//! - [`pg`]: the Postgres read models, their migrations and the live projector.
 //! - [`legacy`]: import of the old bot's JSON files, and export back to them.
 //! - [`demo`]: the `hybridstore demo` command.
 //! - [`error`]: input and store errors.
@@ -18,11 +19,14 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod legacy;
+pub mod pg;
 pub mod projection;
 pub mod store;
 
 pub use error::{InputError, Result, StoreError};
-pub use ids::{BotId, Component, MigrationState, StreamId, StreamKind, StreamVersion, Timestamp};
+pub use ids::{
+    BotId, Component, ComponentSet, MigrationState, StreamId, StreamKind, StreamVersion, Timestamp,
+};
 pub use store::{AppendResult, ExpectedVersion, NewEvent, ReadDirection, Store, StoreConfig};
 
 /// The log lives in this subdirectory of the data directory.

@@ -49,6 +49,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Manage the Postgres read models.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Project the log into the Postgres read models: backfill each component from its
+    /// checkpoint, then follow new events until Ctrl-C (or, with --until-caught-up, until every
+    /// event durable at start is committed).
+    Project {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Components to project (comma-separated; `all` for every one).
+        #[arg(long, env = "HYBRIDSTORE_PG_COMPONENTS", default_value = "all", value_parser = parse_components)]
+        component: hybridstore::ComponentSet,
+        /// Most events per transaction.
+        #[arg(long, default_value_t = 2000)]
+        batch_events: usize,
+        /// Exit once every event durable at start is committed.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Simulate the bot's message loop through the store on the embedded default (log only, no
     /// servers) and report throughput and latency; leaves a log the audit tool can inspect.
     Demo {
@@ -62,6 +83,28 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         handlers: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Apply the migrations the database has not seen (the projector also does at start).
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Where the read models are; without the flag, `DATABASE_URL` or `DB_HOST`, `DB_PORT`,
+/// `DB_NAME`, `DB_USER`, `DB_PASSWORD` (`DB_MAX_POOL_SIZE`, `DB_SSLMODE`, `DB_SSLROOTCERT`).
+#[derive(Debug, clap::Args)]
+struct DbArgs {
+    /// `postgres://user:password@host:port/database?sslmode=verify-full`.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+fn parse_components(list: &str) -> Result<hybridstore::ComponentSet, hybridstore::InputError> {
+    hybridstore::ComponentSet::parse_list(list)
 }
 
 /// mimalloc: per-thread heaps. The store decodes on one thread and frees on another (rebuild,
@@ -89,6 +132,15 @@ fn main() -> ExitCode {
             conversations_dir.as_deref(),
         ),
         Command::ExportLegacy { bot, out } => export_legacy_command(&cli.data_dir, &bot.bot, &out),
+        Command::Db {
+            command: DbCommand::Migrate { db },
+        } => db_migrate_command(&db),
+        Command::Project {
+            db,
+            component,
+            batch_events,
+            until_caught_up,
+        } => project_command(&cli.data_dir, &db, component, batch_events, until_caught_up),
         Command::Demo {
             chats,
             exchanges,
@@ -132,6 +184,98 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("error: cannot start the async runtime: {error}");
             ExitCode::from(2)
         })
+}
+
+/// Connects to the configured database: one line and exit code 2 when it cannot.
+async fn connect(db: &DbArgs) -> Result<sqlx::PgPool, ExitCode> {
+    let config = hybridstore::pg::PgConfig::resolve(db.database_url.as_deref(), true)
+        .map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        })?
+        .expect("a required configuration is present");
+    config.connect().await.map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })
+}
+
+/// `db migrate`: exit 0 when the schema is current, 2 when it could not be made so.
+fn db_migrate_command(db: &DbArgs) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let pool = match connect(db).await {
+            Ok(pool) => pool,
+            Err(code) => return code,
+        };
+        match hybridstore::pg::migrate(&pool).await {
+            Ok(applied) => {
+                print_line(format_args!("db migrate: {applied} migration(s) applied"));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// `project`: exit 0 when stopped (Ctrl-C) or caught up, 2 when it could not run.
+fn project_command(
+    data_dir: &std::path::Path,
+    db: &DbArgs,
+    components: hybridstore::ComponentSet,
+    batch_events: usize,
+    until_caught_up: bool,
+) -> ExitCode {
+    if batch_events == 0 {
+        eprintln!("error: --batch-events must be at least 1");
+        return ExitCode::from(2);
+    }
+    with_store(data_dir, async |store| {
+        let pool = match connect(db).await {
+            Ok(pool) => pool,
+            Err(code) => return code,
+        };
+        let config = hybridstore::pg::ProjectorConfig {
+            components,
+            batch_events_max: batch_events,
+            ..Default::default()
+        };
+        let target = store.durable_end();
+        let projector =
+            match hybridstore::pg::PgProjector::start(store.clone(), pool.clone(), config).await {
+                Ok(projector) => projector,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+        let mut status = projector.watch();
+        let outcome = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            s = status.wait_for(|s| s.stopped.is_some() || (until_caught_up && s.committed >= target)) => {
+                s.ok().map(|s| s.clone())
+            }
+        };
+        let last = projector.status();
+        projector.stop().await;
+        print_line(format_args!(
+            "project: {} events in {} batches committed; every event below {} is in Postgres",
+            last.events, last.batches, last.committed
+        ));
+        match outcome.and_then(|s| s.stopped) {
+            Some(reason) => {
+                eprintln!("error: the projector stopped: {reason}");
+                ExitCode::from(2)
+            }
+            None => ExitCode::SUCCESS,
+        }
+    })
 }
 
 /// The bot whose chats a legacy import or export concerns.

@@ -18,7 +18,7 @@ use hybridstore_wal::Position;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Event, Identity, JsonText, RecordedEvent};
-use crate::ids::{BotId, Component, MigrationState, StreamKind, Timestamp};
+use crate::ids::{BotId, Component, ComponentSet, MigrationState, StreamKind, Timestamp};
 
 /// A user of the bot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,10 +165,32 @@ pub struct DailyCounters {
     chats_seen: HashSet<i64, ahash::RandomState>,
 }
 
+impl DailyCounters {
+    /// The chats with a message that day (what `active_chats` counts).
+    pub fn chats(&self) -> impl Iterator<Item = i64> + '_ {
+        self.chats_seen.iter().copied()
+    }
+
+    /// Whether `chat` had a message that day.
+    pub fn has_chat(&self, chat: i64) -> bool {
+        self.chats_seen.contains(&chat)
+    }
+
+    /// Records that `chat` had a message that day, as loaded from a store of the counters
+    /// (the count itself is loaded with the counters, not derived from this).
+    pub fn insert_chat(&mut self, chat: i64) {
+        self.chats_seen.insert(chat);
+    }
+}
+
 /// The in-memory read models.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Projection {
     tail_len: usize,
+    /// The components this projection maintains; events of others are skipped. Components are
+    /// independent: no component's state depends on another's, so any subset projects the same
+    /// as the full projection restricted to it (the Postgres projector relies on this).
+    maintained: ComponentSet,
     applied_end: Position,
     users: Map<(BotId, i64), UserView>,
     /// Shared so a read hands out a reference count, not a deep copy; `apply` copies on write
@@ -183,8 +205,14 @@ pub struct Projection {
 impl Projection {
     /// An empty projection keeping `tail_len` messages per conversation.
     pub fn new(tail_len: usize) -> Projection {
+        Projection::with_components(tail_len, ComponentSet::ALL)
+    }
+
+    /// An empty projection of `components` only.
+    pub fn with_components(tail_len: usize, components: ComponentSet) -> Projection {
         Projection {
             tail_len,
+            maintained: components,
             applied_end: Position(0),
             users: Map::default(),
             profiles: Map::default(),
@@ -193,6 +221,11 @@ impl Projection {
             components: Map::default(),
             analytics: Map::default(),
         }
+    }
+
+    /// The components this projection maintains.
+    pub fn components(&self) -> ComponentSet {
+        self.maintained
     }
 
     /// Position one past the last applied event.
@@ -226,6 +259,7 @@ impl Projection {
         let bot = recorded.bot_id.clone();
         let key = recorded.stream.key();
         let at = recorded.occurred_at;
+        let components = self.maintained;
         match (&recorded.event, recorded.stream.kind(), key) {
             (event, StreamKind::User, Some(user_id)) => {
                 self.apply_user(bot, user_id, recorded.position, at, event)
@@ -233,24 +267,32 @@ impl Projection {
             (event, StreamKind::Conversation, Some(chat_id)) => {
                 self.apply_conversation(recorded, message, bot, chat_id, event)
             }
-            (Event::ConfigValueSet(e), StreamKind::Bot, _) => {
+            (Event::ConfigValueSet(e), StreamKind::Bot, _)
+                if components.contains(Component::Configuration) =>
+            {
                 self.config
                     .entry(bot)
                     .or_default()
                     .insert((e.scope.clone(), e.key.clone()), e.value.value());
             }
-            (Event::ConfigValueUnset(e), StreamKind::Bot, _) => {
+            (Event::ConfigValueUnset(e), StreamKind::Bot, _)
+                if components.contains(Component::Configuration) =>
+            {
                 if let Some(values) = self.config.get_mut(&bot) {
                     values.remove(&(e.scope.clone(), e.key.clone()));
                 }
             }
-            (Event::ComponentStateChanged(e), StreamKind::Bot, _) => {
+            (Event::ComponentStateChanged(e), StreamKind::Bot, _)
+                if components.contains(Component::Configuration) =>
+            {
                 self.components
                     .entry(bot)
                     .or_default()
                     .insert(e.component, e.to);
             }
-            (Event::AnalyticsRecorded(e), StreamKind::Telemetry, _) if e.kind == "llm_call" => {
+            (Event::AnalyticsRecorded(e), StreamKind::Telemetry, _)
+                if e.kind == "llm_call" && components.contains(Component::Analytics) =>
+            {
                 let tokens = e
                     .properties
                     .value()
@@ -261,7 +303,8 @@ impl Projection {
                 day.llm_calls = day.llm_calls.saturating_add(1);
                 day.llm_tokens = day.llm_tokens.saturating_add(tokens);
             }
-            // The store refuses events on the wrong kind of stream, so nothing else reaches here.
+            // The store refuses events on the wrong kind of stream, so nothing else reaches here
+            // but events of components this projection does not maintain.
             _ => {}
         }
     }
@@ -275,6 +318,22 @@ impl Projection {
         event: &Event,
     ) {
         let key = (bot, user_id);
+        if let Event::UserErased(_) = event {
+            // Their private chat (a Telegram private chat's id is the user's id) goes too: the
+            // profile the bot kept of them, and every message so far, as `HistoryCleared`
+            // does (reads must not fetch the older messages from the log either).
+            if self.maintained.contains(Component::Profiles) {
+                self.profiles.remove(&key);
+            }
+            if self.maintained.contains(Component::Conversations) {
+                let mut cleared = ConversationView::default();
+                cleared.head.cleared_before = position;
+                self.conversations.insert(key.clone(), cleared);
+            }
+        }
+        if !self.maintained.contains(Component::Users) {
+            return;
+        }
         match event {
             Event::UserRegistered(e) if self.users.contains_key(&key) => {
                 // Registering again (e.g. /start twice) keeps settings and blocks.
@@ -296,13 +355,6 @@ impl Projection {
                 );
             }
             Event::UserErased(_) => {
-                // Their private chat (a Telegram private chat's id is the user's id) goes too: the
-                // profile the bot kept of them, and every message so far, as `HistoryCleared`
-                // does (reads must not fetch the older messages from the log either).
-                self.profiles.remove(&key);
-                let mut cleared = ConversationView::default();
-                cleared.head.cleared_before = position;
-                self.conversations.insert(key.clone(), cleared);
                 self.users.remove(&key);
             }
             _ => {
@@ -345,15 +397,52 @@ impl Projection {
         event: &Event,
     ) {
         let key = (bot, chat_id);
+        if self.maintained.contains(Component::Profiles) {
+            self.apply_profile(recorded, &key, event);
+        }
+        if self.maintained.contains(Component::Analytics) {
+            if let Event::MessageReceived(_) | Event::MessageSent(_) = event {
+                let day = self
+                    .analytics
+                    .entry((key.0.clone(), recorded.occurred_at.day()))
+                    .or_default();
+                if day.chats_seen.insert(chat_id) {
+                    day.active_chats = day.active_chats.saturating_add(1);
+                }
+                match event {
+                    Event::MessageReceived(_) => {
+                        day.messages_in = day.messages_in.saturating_add(1);
+                    }
+                    Event::MessageSent(sent) => {
+                        day.messages_out = day.messages_out.saturating_add(1);
+                        if let Some(generation) = &sent.generation {
+                            day.llm_calls = day.llm_calls.saturating_add(1);
+                            day.llm_tokens = day.llm_tokens.saturating_add(
+                                u64::from(generation.prompt_tokens)
+                                    + u64::from(generation.completion_tokens),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.maintained.contains(Component::Conversations) {
+            self.apply_conversation_head(recorded, message, key, event);
+        }
+    }
+
+    fn apply_profile(&mut self, recorded: &RecordedEvent, key: &(BotId, i64), event: &Event) {
+        let chat_id = key.1;
         match event {
             Event::ProfileCreated(e) => {
                 // Creating a profile that exists (a bot restarting a chat) keeps its facts,
                 // analyses and counters and only takes the new name.
-                match self.profiles.get_mut(&key) {
+                match self.profiles.get_mut(key) {
                     Some(profile) => Arc::make_mut(profile).name = e.name.clone(),
                     None => {
                         self.profiles.insert(
-                            key,
+                            key.clone(),
                             Arc::new(ProfileDocument {
                                 chat_id,
                                 name: e.name.clone(),
@@ -369,12 +458,12 @@ impl Projection {
                 return;
             }
             Event::ProfileDeleted(_) => {
-                self.profiles.remove(&key);
+                self.profiles.remove(key);
                 return;
             }
             _ => {}
         }
-        if let Some(profile) = self.profiles.get_mut(&key) {
+        if let Some(profile) = self.profiles.get_mut(key) {
             let profile = Arc::make_mut(profile);
             match event {
                 Event::ProfileRenamed(e) => profile.name = e.name.clone(),
@@ -408,11 +497,16 @@ impl Projection {
                 _ => {}
             }
         }
-        let (bot, chat_id) = key;
-        let conversation = self
-            .conversations
-            .entry((bot.clone(), chat_id))
-            .or_default();
+    }
+
+    fn apply_conversation_head(
+        &mut self,
+        recorded: &RecordedEvent,
+        message: Option<MessageView>,
+        key: (BotId, i64),
+        event: &Event,
+    ) {
+        let conversation = self.conversations.entry(key).or_default();
         match event {
             Event::HistoryCleared(_) => {
                 conversation.tail.clear();
@@ -435,34 +529,14 @@ impl Projection {
                     return;
                 };
                 let head = &mut conversation.head;
-                let day = self
-                    .analytics
-                    .entry((bot, recorded.occurred_at.day()))
-                    .or_default();
-                if day.chats_seen.insert(chat_id) {
-                    day.active_chats = day.active_chats.saturating_add(1);
-                }
-                match &recorded.event {
-                    Event::MessageReceived(_) => {
-                        head.messages_in = head.messages_in.saturating_add(1);
-                        head.last_in_at = Some(message.at);
-                        head.unanswered = head.unanswered.saturating_add(1);
-                        day.messages_in = day.messages_in.saturating_add(1);
-                    }
-                    Event::MessageSent(sent) => {
-                        head.messages_out = head.messages_out.saturating_add(1);
-                        head.last_out_at = Some(message.at);
-                        head.unanswered = 0;
-                        day.messages_out = day.messages_out.saturating_add(1);
-                        if let Some(generation) = &sent.generation {
-                            day.llm_calls = day.llm_calls.saturating_add(1);
-                            day.llm_tokens = day.llm_tokens.saturating_add(
-                                u64::from(generation.prompt_tokens)
-                                    + u64::from(generation.completion_tokens),
-                            );
-                        }
-                    }
-                    _ => {}
+                if message.direction == Direction::In {
+                    head.messages_in = head.messages_in.saturating_add(1);
+                    head.last_in_at = Some(message.at);
+                    head.unanswered = head.unanswered.saturating_add(1);
+                } else {
+                    head.messages_out = head.messages_out.saturating_add(1);
+                    head.last_out_at = Some(message.at);
+                    head.unanswered = 0;
                 }
                 conversation.tail.push_back(message);
                 conversation.retained = conversation.retained.saturating_add(1);
@@ -472,6 +546,117 @@ impl Projection {
             }
             _ => {}
         }
+    }
+
+    // Listing and loading: how a store of the read models (Postgres) writes a projection's
+    // entries out and reads them back in. Loaded entries are taken as they are; only `apply`
+    // derives anything.
+
+    /// Every user.
+    pub fn users_iter(&self) -> impl Iterator<Item = (&BotId, &UserView)> {
+        self.users.iter().map(|((bot, _), user)| (bot, user))
+    }
+
+    /// Every profile, with its chat.
+    pub fn profiles_iter(&self) -> impl Iterator<Item = (&BotId, &ProfileDocument)> {
+        self.profiles.iter().map(|((bot, _), p)| (bot, &**p))
+    }
+
+    /// Every conversation, with its chat.
+    pub fn conversations_iter(&self) -> impl Iterator<Item = (&BotId, i64, &ConversationView)> {
+        self.conversations
+            .iter()
+            .map(|((bot, chat), c)| (bot, *chat, c))
+    }
+
+    /// Every configuration value: bot, scope, key, value.
+    pub fn config_iter(&self) -> impl Iterator<Item = (&BotId, &str, &str, &serde_json::Value)> {
+        self.config.iter().flat_map(|(bot, values)| {
+            values
+                .iter()
+                .map(move |((scope, key), value)| (bot, scope.as_str(), key.as_str(), value))
+        })
+    }
+
+    /// Every component state that was ever set.
+    pub fn component_states_iter(
+        &self,
+    ) -> impl Iterator<Item = (&BotId, Component, MigrationState)> {
+        self.components.iter().flat_map(|(bot, states)| {
+            states
+                .iter()
+                .map(move |(component, state)| (bot, *component, *state))
+        })
+    }
+
+    /// Every day's counters: bot, day (days since 1970-01-01), counters.
+    pub fn analytics_iter(&self) -> impl Iterator<Item = (&BotId, i64, &DailyCounters)> {
+        self.analytics
+            .iter()
+            .map(|((bot, day), counters)| (bot, *day, counters))
+    }
+
+    /// The counters of a day (days since 1970-01-01).
+    pub fn daily_by_day(&self, bot: &BotId, day: i64) -> Option<&DailyCounters> {
+        self.analytics.get(&(bot.clone(), day))
+    }
+
+    /// Loads a user.
+    pub fn insert_user(&mut self, bot: BotId, user: UserView) {
+        self.users.insert((bot, user.user_id), user);
+    }
+
+    /// Loads a profile.
+    pub fn insert_profile(&mut self, bot: BotId, profile: ProfileDocument) {
+        self.profiles
+            .insert((bot, profile.chat_id), Arc::new(profile));
+    }
+
+    /// Loads a conversation.
+    pub fn insert_conversation(
+        &mut self,
+        bot: BotId,
+        chat_id: i64,
+        conversation: ConversationView,
+    ) {
+        self.conversations.insert((bot, chat_id), conversation);
+    }
+
+    /// The conversation of a chat, created empty if absent (for loading its parts).
+    pub fn conversation_mut(&mut self, bot: BotId, chat_id: i64) -> &mut ConversationView {
+        self.conversations.entry((bot, chat_id)).or_default()
+    }
+
+    /// Loads a configuration value.
+    pub fn insert_config_value(
+        &mut self,
+        bot: BotId,
+        scope: String,
+        key: String,
+        value: serde_json::Value,
+    ) {
+        self.config
+            .entry(bot)
+            .or_default()
+            .insert((scope, key), value);
+    }
+
+    /// Loads a component state.
+    pub fn insert_component_state(
+        &mut self,
+        bot: BotId,
+        component: Component,
+        state: MigrationState,
+    ) {
+        self.components
+            .entry(bot)
+            .or_default()
+            .insert(component, state);
+    }
+
+    /// The counters of a day, created zero if absent (for loading them).
+    pub fn daily_mut(&mut self, bot: BotId, day: i64) -> &mut DailyCounters {
+        self.analytics.entry((bot, day)).or_default()
     }
 
     /// A user.

@@ -165,6 +165,55 @@ impl Wal {
         Ok(Wal { shared })
     }
 
+    /// Opens the log in `dir` for reading only, as it is on disk now: no lock is taken (a writer
+    /// may hold the directory meanwhile), nothing is repaired or written, and the log does not
+    /// grow while open. Appends fail with [`Error::Closed`].
+    ///
+    /// The records readable are those of every valid frame at open: a torn tail of the last
+    /// segment ends them (without being cut). Beside a live writer in `always` mode every frame
+    /// but the last one written is known durable (the writer syncs a frame before writing the
+    /// next); the last may still be in its `fdatasync`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] where recovery would report corruption; [`Error::Io`] when a call
+    /// fails.
+    pub fn open_read_only(dir: impl AsRef<Path>, options: Options) -> Result<Wal> {
+        let dir = dir.as_ref().to_owned();
+        let fs = options.fs.clone();
+        let recovered = recover_read_only(&*fs, &dir)?;
+        let published = Published {
+            segments: recovered.segments.clone().into(),
+            durable_end: recovered.end_position,
+            durable_offset: recovered.end_offset,
+            closed: true,
+        };
+        let active = recovered
+            .segments
+            .last()
+            .cloned()
+            .expect("a read-only open finds at least one segment");
+        let mut queue = Queue::new(recovered.end_position);
+        queue.closed = true;
+        let shared = Arc::new(Shared {
+            dir,
+            fs,
+            queue: Mutex::new(queue),
+            queue_cv: Condvar::new(),
+            io: Mutex::new(ActiveIo::new(
+                active,
+                recovered.end_offset,
+                recovered.end_position,
+            )),
+            published: Mutex::new(published),
+            published_cv: Condvar::new(),
+            listeners: Mutex::new(Vec::new()),
+            syncer: Mutex::new(None),
+            lock: Mutex::new(None),
+            options,
+        });
+        Ok(Wal { shared })
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
@@ -533,6 +582,58 @@ fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recover
         segments,
         end_position,
         end_offset,
+    })
+}
+
+/// Recovery without side effects, for [`Wal::open_read_only`].
+fn recover_read_only(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
+    let ids = list_segments(fs, dir)?;
+    let Some((&last_id, _)) = ids.split_last() else {
+        return Err(Error::io(
+            "open log read-only",
+            dir,
+            io::Error::new(io::ErrorKind::NotFound, "no log segments in the directory"),
+        ));
+    };
+    let mut segments = Vec::with_capacity(ids.len());
+    let mut end = (SEGMENT_HEADER_LEN as u64, last_id.first_position());
+    for &id in &ids {
+        let path = segment_path(dir, id);
+        let file = fs
+            .open(&path, OpenMode::ReadOnly)
+            .map_err(|e| Error::io("open segment", &path, e))?;
+        let index = if id == last_id {
+            let bytes = file.map().map_err(|e| Error::io("mmap", &path, e))?;
+            let mut index = SparseIndex::new(id.first_position());
+            let scan = scan_segment(&bytes, id, SegmentRole::Last, &mut |frame| {
+                index.note_frame(frame.offset, &frame.frame.header);
+            });
+            drop(bytes);
+            match scan.outcome {
+                ScanOutcome::Corrupt { offset, kind } => {
+                    return Err(Error::Corrupt {
+                        segment: id,
+                        path,
+                        offset,
+                        kind,
+                    })
+                }
+                ScanOutcome::TornHeader { .. } => {}
+                ScanOutcome::Clean | ScanOutcome::TornTail { .. } => {
+                    end = (scan.end_offset, scan.end_position);
+                }
+            }
+            index
+        } else {
+            check_segment_header(&*file, &path, id)?;
+            SparseIndex::new(id.first_position())
+        };
+        segments.push(Arc::new(Segment::new(id, path, file, index)));
+    }
+    Ok(Recovered {
+        segments,
+        end_position: end.1,
+        end_offset: end.0,
     })
 }
 

@@ -278,3 +278,49 @@ fn heavy_contention_every_appender_returns() {
     positions.sort_unstable();
     assert_eq!(positions, (0..32 * 300).collect::<Vec<u64>>());
 }
+
+/// Proves a read-only open reads every record beside a live writer, sees nothing appended after
+/// it opened, refuses appends, and leaves a torn tail on disk uncut.
+#[test]
+fn read_only_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), options(2048)).unwrap();
+    for i in 0..100u64 {
+        wal.append(&[payload(i)]).unwrap();
+    }
+    let reader = Wal::open_read_only(dir.path(), options(2048)).unwrap();
+    wal.append(&[payload(100)]).unwrap();
+    let seen = read_all(&reader, 0);
+    assert_eq!(
+        seen.len(),
+        100,
+        "the writer's lock must not stop a read-only open"
+    );
+    assert_eq!(seen[99], (99, payload(99)));
+    assert!(matches!(
+        reader.append(&[b"x".as_slice()]),
+        Err(Error::Closed)
+    ));
+    drop(reader);
+    wal.close().unwrap();
+
+    // Tear the last frame: the read-only open stops before it and leaves the bytes alone.
+    let last = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .max()
+        .unwrap();
+    let len = std::fs::metadata(&last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.set_len(len - 3).unwrap();
+    std::fs::remove_file(dir.path().join(hybridstore_wal::marker::MARKER_FILE_NAME)).unwrap();
+    let reader = Wal::open_read_only(dir.path(), options(2048)).unwrap();
+    assert_eq!(read_all(&reader, 0).len(), 100);
+    drop(reader);
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        len - 3,
+        "nothing may be cut"
+    );
+}

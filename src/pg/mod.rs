@@ -1,0 +1,121 @@
+//! The Postgres projection: read models in PostgreSQL, kept by a projector that follows the log
+//! exactly once (design §5, §8).
+//!
+//! # Layout
+//! - [`config`]: where the database is (the bot's `DB_*` variables or `DATABASE_URL`), the pool,
+//!   one-line descriptions of connection failures.
+//! - [`model`]: the tables (created by the migrations in `migrations/`) and the projection: which
+//!   rows an event touches, loading rows into a [`crate::projection::Projection`], writing its
+//!   entries back set-based.
+//! - [`projector`]: the live projector — batches of durable events, rows and checkpoint in one
+//!   transaction, retry with backoff while Postgres is away.
+//!
+//! # Invariants
+//! - A component's rows and its checkpoint change in the same transaction: every event below the
+//!   checkpoint has taken effect once, none above it.
+//! - The projector applies the same `Projection::apply` as the log projection, to the rows a batch
+//!   touches; the tables therefore equal the log projection at the checkpoint.
+
+pub mod config;
+pub mod model;
+pub mod projector;
+
+pub use config::{describe, PgConfig};
+pub use projector::{PgProjector, ProjectorConfig, ProjectorStatus};
+
+use sqlx::migrate::Migrator;
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// The migrations of `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// What went wrong with Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// A configuration value cannot be used.
+    #[error("{variable}: {reason}")]
+    Config {
+        /// The variable or flag.
+        variable: String,
+        /// Why.
+        reason: String,
+    },
+    /// The first connection failed.
+    #[error("cannot connect to Postgres at {target}: {reason}")]
+    Connect {
+        /// `user@host:port/database`.
+        target: String,
+        /// The server's or the OS's reason, in one line.
+        reason: String,
+    },
+    /// Applying the migrations failed.
+    #[error("migrating the read models failed: {reason}")]
+    Migrate {
+        /// Why.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("{what}: {}", describe(error))]
+    Query {
+        /// What the query was for.
+        what: &'static str,
+        /// The driver's error.
+        error: sqlx::Error,
+    },
+    /// A row does not hold a valid entry (edited by hand, or written by another version).
+    #[error("a row of {table} is not a valid read-model entry: {reason}")]
+    BadRow {
+        /// The table.
+        table: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A checkpoint is not where this projector left it: another projector or a rebuild moved
+    /// it. The projector re-reads the checkpoints and resumes from there.
+    #[error("a projector checkpoint moved under this projector")]
+    CheckpointMoved,
+    /// Reading the log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PgError {
+    /// Whether retrying later may succeed (the server went away, a connection broke), as opposed
+    /// to a fault that retrying repeats (bad rows, a broken log).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgError::Query { error, .. } => !matches!(
+                error,
+                sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("42") || c.starts_with("22"))
+            ),
+            PgError::Connect { .. } | PgError::CheckpointMoved => true,
+            _ => false,
+        }
+    }
+}
+
+/// Applies the migrations of `migrations/` that the database has not seen (under Postgres'
+/// advisory lock, so concurrent starts are safe). Returns how many were applied.
+///
+/// # Errors
+/// [`PgError::Migrate`] when a migration fails, or one already applied was edited since.
+pub async fn migrate(pool: &PgPool) -> Result<usize, PgError> {
+    let applied_before = applied_migrations(pool).await;
+    MIGRATOR.run(pool).await.map_err(|e| PgError::Migrate {
+        reason: match &e {
+            sqlx::migrate::MigrateError::Execute(error) => describe(error),
+            other => other.to_string(),
+        },
+    })?;
+    let applied_after = applied_migrations(pool).await;
+    Ok(applied_after.saturating_sub(applied_before))
+}
+
+async fn applied_migrations(pool: &PgPool) -> usize {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+}
