@@ -162,6 +162,44 @@ impl Keys {
     }
 }
 
+/// The entries of `keys` as `projection` has them, in a projection of their own (what a rebuild
+/// hands to its writer while it goes on applying).
+pub fn subset(projection: &Projection, keys: &Keys) -> Projection {
+    let mut out = Projection::with_components(0, projection.components());
+    for (bot_id, user) in &keys.users {
+        if let Some(found) = projection.user(bot_id, *user) {
+            out.insert_user(bot_id.clone(), found.clone());
+        }
+    }
+    for (bot_id, chat) in &keys.profiles {
+        if let Some(found) = projection.profile(bot_id, *chat) {
+            out.insert_profile(bot_id.clone(), found.clone());
+        }
+    }
+    for (bot_id, chat) in &keys.conversations {
+        if let Some(found) = projection.conversation(bot_id, *chat) {
+            let mut conversation = found.clone();
+            conversation.tail.clear();
+            out.insert_conversation(bot_id.clone(), *chat, conversation);
+        }
+    }
+    for (bot_id, scope, key) in &keys.config {
+        if let Some(value) = projection.config_value(bot_id, scope, key) {
+            out.insert_config_value(bot_id.clone(), scope.clone(), key.clone(), value.clone());
+        }
+    }
+    for (bot_id, component) in &keys.components {
+        let state = projection.component_state(bot_id, *component);
+        out.insert_component_state(bot_id.clone(), *component, state);
+    }
+    for (bot_id, day) in &keys.days {
+        if let Some(found) = projection.daily_by_day(bot_id, *day) {
+            *out.daily_mut(bot_id.clone(), *day) = found.clone();
+        }
+    }
+    out
+}
+
 fn split<T: Clone>(keys: &HashSet<(BotId, T)>) -> (Vec<String>, Vec<T>) {
     keys.iter().map(|(b, k)| (b.to_string(), k.clone())).unzip()
 }
@@ -1230,4 +1268,62 @@ pub async fn set_checkpoints(
     .await
     .map_err(query_error("write checkpoints"))?;
     Ok(())
+}
+
+/// Every `profiles` row as stored, with its summaries and facts (for verification: the scalar
+/// columns and child tables are checked against the document, not derived from it).
+#[derive(Debug, Clone)]
+pub struct ProfileRow {
+    /// The bot.
+    pub bot_id: String,
+    /// The chat.
+    pub chat_id: i64,
+    /// Every column and child table, as JSON.
+    pub value: serde_json::Value,
+}
+
+/// Reads every profile row with its summaries and facts; child rows without a profile come back
+/// as rows of their own, with a `value` counting the orphans.
+///
+/// # Errors
+/// [`PgError::Query`] when the query fails.
+pub async fn load_profile_rows(conn: &mut PgConnection) -> Result<Vec<ProfileRow>, PgError> {
+    let rows: Vec<(String, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT p.bot_id, p.chat_id, jsonb_build_object(\
+           'document', p.document, 'name', p.name, 'message_count', p.message_count, \
+           'last_activity', p.last_activity, 'previous_response_id', p.previous_response_id, \
+           'summaries', COALESCE((SELECT jsonb_object_agg(s.analysis_id, s.summary) FROM \
+             profile_summaries s WHERE s.bot_id = p.bot_id AND s.chat_id = p.chat_id), '{}'), \
+           'facts', COALESCE((SELECT jsonb_object_agg(f.snapshot_id, f.facts) FROM profile_facts f \
+             WHERE f.bot_id = p.bot_id AND f.chat_id = p.chat_id), '{}')) FROM profiles p \
+         UNION ALL \
+         SELECT bot_id, chat_id, jsonb_build_object('orphan_rows', count(*)) FROM (\
+           SELECT bot_id, chat_id FROM profile_summaries UNION ALL \
+           SELECT bot_id, chat_id FROM profile_facts) c WHERE NOT EXISTS (SELECT 1 FROM \
+           profiles p WHERE p.bot_id = c.bot_id AND p.chat_id = c.chat_id) GROUP BY bot_id, chat_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_error("load profile rows"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(bot_id, chat_id, value)| ProfileRow {
+            bot_id,
+            chat_id,
+            value,
+        })
+        .collect())
+}
+
+/// The JSON [`load_profile_rows`] gives for a profile stored exactly as `document` says.
+pub fn profile_row_value(document: &ProfileDocument) -> serde_json::Value {
+    serde_json::json!({
+        "document": document,
+        "name": document.name,
+        "message_count": counter(document.message_count),
+        "last_activity": document.last_activity,
+        "previous_response_id": document.previous_response_id,
+        "summaries": document.summary,
+        "facts": document.profile,
+    })
 }

@@ -1,0 +1,657 @@
+//! Rebuilding the read models: replay the log into fresh tables in a staging schema, chunk by
+//! chunk, then swap them in atomically.
+//!
+//! # Protocol
+//! 1. Create the staging schema with a copy of each chosen table (`LIKE ... INCLUDING ALL`, so the
+//!    migrations stay the one definition of columns, keys and indexes) and a `replay_state` row
+//!    saying what is being rebuilt and how far it is. With `--from`, the live tables' rows are
+//!    copied in first, from one snapshot, at their checkpoint.
+//! 2. One thread reads and decodes the log, applies each event to an in-memory projection and
+//!    encodes message rows for `COPY`; every chunk it hands the chunk's messages and the entries
+//!    the chunk touched to the writer.
+//! 3. The writer commits each chunk in one transaction: `COPY` of the messages, set-based upserts
+//!    of the touched entries, `replay_state.next_position`. Interrupted, a rebuild resumes from
+//!    the last committed chunk (the projection is reloaded from the staging tables).
+//! 4. At the end, one transaction locks the checkpoints and the live tables, drops them, moves the
+//!    staging tables into their place and sets the components' checkpoints to the rebuild's end.
+//!    Readers wait for the swap (milliseconds) and then see the new tables; the live projector
+//!    sees its checkpoint moved and resumes from the new one.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use hybridstore::events::RecordedEvent;
+use hybridstore::ids::{Component, ComponentSet};
+use hybridstore::pg::model::{self, component_tables, Keys, MessageRow, Rows};
+use hybridstore::projection::Projection;
+use hybridstore_wal::Position;
+use sqlx::{PgConnection, PgPool};
+
+use crate::progress::Progress;
+
+/// The schema a rebuild builds its tables in.
+pub const STAGING_SCHEMA: &str = "hybridstore_replay";
+
+/// Where a rebuild starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// From the first event, into empty tables.
+    Start,
+    /// From this position, on top of the live tables, which must stand at it (a checkpoint).
+    Position(Position),
+    /// From the live tables' checkpoint, on top of them.
+    Checkpoint,
+}
+
+impl std::str::FromStr for From {
+    type Err = String;
+    fn from_str(text: &str) -> Result<From, String> {
+        match text {
+            "start" | "0" => Ok(From::Start),
+            "checkpoint" => Ok(From::Checkpoint),
+            n => n
+                .parse::<u64>()
+                .map(|n| From::Position(Position(n)))
+                .map_err(|_| format!("{n:?} is not a position, `start` or `checkpoint`")),
+        }
+    }
+}
+
+impl fmt::Display for From {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            From::Start => f.write_str("start"),
+            From::Position(p) => write!(f, "{}", p.0),
+            From::Checkpoint => f.write_str("checkpoint"),
+        }
+    }
+}
+
+/// What to rebuild.
+#[derive(Debug, Clone)]
+pub struct RebuildConfig {
+    /// The store's data directory (the log is in `DIR/wal`).
+    pub data_dir: PathBuf,
+    /// The components to rebuild.
+    pub components: ComponentSet,
+    /// Where to start.
+    pub from: From,
+    /// Where to stop (exclusive); the log's end at start when `None`.
+    pub to: Option<Position>,
+    /// Events per committed chunk (the most an interrupt loses).
+    pub chunk_events: usize,
+    /// Discard an interrupted rebuild with other arguments instead of refusing to start.
+    pub fresh: bool,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone)]
+pub struct RebuildSummary {
+    /// The components rebuilt.
+    pub components: ComponentSet,
+    /// Position the rebuild started from.
+    pub from: Position,
+    /// Position it ended at (exclusive): the components' checkpoints now.
+    pub to: Position,
+    /// Where this run resumed an interrupted rebuild, if it did.
+    pub resumed_at: Option<Position>,
+    /// Events replayed by this run.
+    pub events: u64,
+    /// Rows in the swapped-in tables.
+    pub rows: u64,
+    /// Time taken by this run.
+    pub elapsed: Duration,
+}
+
+impl RebuildSummary {
+    /// Events per second of this run.
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for RebuildSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "replay: {} events in {:.2}s ({:.0} events/s), {} rows in the rebuilt tables of {}; \
+             positions {}..{}",
+            self.events,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.rows,
+            self.components,
+            self.from,
+            self.to
+        )?;
+        if let Some(at) = self.resumed_at {
+            write!(f, " (resumed at {at})")?;
+        }
+        write!(f, "; swapped in, checkpoints at {}", self.to)
+    }
+}
+
+/// How a rebuild ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Rebuilt and swapped in.
+    Done(RebuildSummary),
+    /// Interrupted; every event below `at` is in the staging tables, and running the same
+    /// command again resumes there.
+    Interrupted {
+        /// Where a resumed run starts.
+        at: Position,
+    },
+}
+
+/// One committed unit of a rebuild.
+struct Chunk {
+    /// `COPY ... FROM STDIN` text of the chunk's messages.
+    copy: Vec<u8>,
+    /// The entries the chunk touched, as the projection has them after it.
+    entries: Projection,
+    keys: Keys,
+    /// Position after the chunk's last event.
+    end: Position,
+}
+
+/// The rebuild's own row in the staging schema.
+#[derive(Debug, Clone, PartialEq)]
+struct State {
+    components: String,
+    from_spec: String,
+    from_position: i64,
+    to_position: i64,
+    next_position: i64,
+}
+
+fn position_sql(p: Position) -> i64 {
+    i64::try_from(p.0).unwrap_or(i64::MAX)
+}
+
+fn position_of(n: i64) -> Position {
+    Position(u64::try_from(n).unwrap_or(0))
+}
+
+/// Rebuilds the tables of `config.components`; stops early (keeping what was committed) when
+/// `interrupt` completes.
+///
+/// # Errors
+/// When the log cannot be read, the database refuses, or the arguments do not fit an
+/// interrupted rebuild left in the staging schema.
+pub async fn rebuild(
+    pool: &PgPool,
+    config: &RebuildConfig,
+    interrupt: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    ensure!(!config.components.is_empty(), "no component to rebuild");
+    ensure!(config.chunk_events > 0, "--chunk-events must be at least 1");
+    let started = Instant::now();
+    hybridstore::pg::migrate(pool).await?;
+    let log = crate::open_log(&config.data_dir)?;
+    let log_end = log.durable_end();
+    let live: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pool)
+        .await
+        .context("reading the current schema")?;
+    ensure!(
+        !live.is_empty() && live.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "the read models' schema {live:?} is not a plain identifier"
+    );
+    let mut conn = pool.acquire().await.context("connecting")?;
+    let state = match read_state(&mut conn).await? {
+        Some(state) if !config.fresh => {
+            let same = state.components == config.components.to_string()
+                && state.from_spec == config.from.to_string()
+                && config
+                    .to
+                    .is_none_or(|to| position_sql(to) == state.to_position);
+            if !same {
+                bail!(
+                    "an interrupted replay of {} (from {}, to {}) is in schema {STAGING_SCHEMA}: \
+                     run it again with the same arguments to resume it, or add --fresh to \
+                     discard it",
+                    state.components,
+                    state.from_spec,
+                    state.to_position
+                );
+            }
+            state
+        }
+        _ => {
+            let to = match config.to {
+                Some(to) if to > log_end => {
+                    bail!("--to {to} is beyond the end of the log ({log_end})")
+                }
+                Some(to) => to,
+                None => log_end,
+            };
+            create_staging(&mut conn, &live, config, to).await?
+        }
+    };
+    let from = position_of(state.from_position);
+    let to = position_of(state.to_position);
+    let mut next = position_of(state.next_position);
+    ensure!(
+        to <= log_end,
+        "the interrupted replay ends at {to}, beyond the end of the log ({log_end})"
+    );
+    let resumed_at = (next > from).then_some(next);
+    if let Some(at) = resumed_at {
+        tracing::info!(%at, "resuming an interrupted replay");
+    }
+    // The projection to continue from: what the staging tables hold (empty for a fresh start).
+    let mut projection = Projection::with_components(0, config.components);
+    if next > Position(0) {
+        let mut tx = conn.begin_staging().await?;
+        model::load(&mut tx, Rows::All, &mut projection).await?;
+        tx.commit().await?;
+    }
+    let replayed_from = next;
+    let mut progress = Progress::new(to.0.saturating_sub(from.0), config.quiet);
+    progress.set(next.0.saturating_sub(from.0));
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<anyhow::Result<Chunk>>(2);
+    let components = config.components;
+    let chunk_events = config.chunk_events;
+    let producer = std::thread::Builder::new()
+        .name("hybridstore-replay-read".into())
+        .spawn(move || {
+            produce(
+                &log,
+                projection,
+                next,
+                to,
+                components,
+                chunk_events,
+                &sender,
+            )
+        })
+        .context("starting the reader thread")?;
+    let write_all = async {
+        while let Some(chunk) = receiver.recv().await {
+            let chunk = chunk?;
+            write_chunk(&mut conn, &chunk).await?;
+            next = chunk.end;
+            progress.set(next.0.saturating_sub(from.0));
+        }
+        anyhow::Ok(())
+    };
+    let interrupted = tokio::select! {
+        written = write_all => { written?; false }
+        () = interrupt => true,
+    };
+    drop(receiver);
+    let _ = producer.join();
+    progress.finish();
+    if interrupted {
+        return Ok(Outcome::Interrupted { at: next });
+    }
+    ensure!(
+        next == to,
+        "the log ended at {next} before the replay's end {to}"
+    );
+    let rows = swap_in(&mut conn, &live, config.components, to).await?;
+    Ok(Outcome::Done(RebuildSummary {
+        components: config.components,
+        from,
+        to,
+        resumed_at,
+        events: to.0 - replayed_from.0,
+        rows,
+        elapsed: started.elapsed(),
+    }))
+}
+
+/// A transaction whose unqualified table names are the staging tables.
+trait BeginStaging {
+    async fn begin_staging(&mut self) -> anyhow::Result<sqlx::Transaction<'_, sqlx::Postgres>>;
+}
+
+impl BeginStaging for PgConnection {
+    async fn begin_staging(&mut self) -> anyhow::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+        use sqlx::Connection as _;
+        let mut tx = self.begin().await.context("BEGIN")?;
+        sqlx::query(&format!("SET LOCAL search_path TO {STAGING_SCHEMA}"))
+            .execute(&mut *tx)
+            .await
+            .context("SET search_path")?;
+        Ok(tx)
+    }
+}
+
+async fn read_state(conn: &mut PgConnection) -> anyhow::Result<Option<State>> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND \
+         table_name = 'replay_state')",
+    )
+    .bind(STAGING_SCHEMA)
+    .fetch_one(&mut *conn)
+    .await
+    .context("looking for an interrupted replay")?;
+    if !exists {
+        return Ok(None);
+    }
+    let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT components, from_spec, from_position, to_position, next_position FROM \
+         {STAGING_SCHEMA}.replay_state"
+    ))
+    .fetch_optional(&mut *conn)
+    .await
+    .context("reading the interrupted replay's state")?;
+    Ok(row.map(
+        |(components, from_spec, from_position, to_position, next_position)| State {
+            components,
+            from_spec,
+            from_position,
+            to_position,
+            next_position,
+        },
+    ))
+}
+
+/// Step 1: the staging schema, its tables (with the live rows when starting from a checkpoint)
+/// and the state row, in one transaction.
+async fn create_staging(
+    conn: &mut PgConnection,
+    live: &str,
+    config: &RebuildConfig,
+    to: Position,
+) -> anyhow::Result<State> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await.context("BEGIN")?;
+    // One snapshot for the checkpoints and the rows copied under them.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {STAGING_SCHEMA} CASCADE"))
+        .execute(&mut *tx)
+        .await
+        .context("dropping an old staging schema")?;
+    sqlx::query(&format!("CREATE SCHEMA {STAGING_SCHEMA}"))
+        .execute(&mut *tx)
+        .await
+        .context("creating the staging schema")?;
+    let from_position = match config.from {
+        From::Start => Position(0),
+        From::Position(_) | From::Checkpoint => {
+            let checkpoints = model::checkpoints(&mut tx, false).await?;
+            let at: Vec<(Component, Position)> = config
+                .components
+                .iter()
+                .map(|c| (c, checkpoints.get(&c).copied().unwrap_or(Position(0))))
+                .collect();
+            let first = at[0].1;
+            if at.iter().any(|(_, p)| *p != first) {
+                let listed: Vec<String> = at.iter().map(|(c, p)| format!("{c} at {p}")).collect();
+                bail!(
+                    "the components stand at different checkpoints ({}); replay them separately",
+                    listed.join(", ")
+                );
+            }
+            if let From::Position(wanted) = config.from {
+                if wanted != first {
+                    bail!(
+                        "--from {wanted} is not the tables' checkpoint ({first}): a replay can \
+                         continue the tables only from where they stand (use --from checkpoint, \
+                         or replay from the start)"
+                    );
+                }
+            }
+            first
+        }
+    };
+    ensure!(
+        from_position <= to,
+        "the start ({from_position}) is beyond the end ({to})"
+    );
+    for component in config.components.iter() {
+        for table in component_tables(component) {
+            sqlx::query(&format!(
+                "CREATE TABLE {STAGING_SCHEMA}.{table} (LIKE {live}.{table} INCLUDING ALL)"
+            ))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("creating the staging table {table}"))?;
+            if from_position > Position(0) {
+                sqlx::query(&format!(
+                    "INSERT INTO {STAGING_SCHEMA}.{table} SELECT * FROM {live}.{table}"
+                ))
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("copying the live {table}"))?;
+            }
+        }
+    }
+    let state = State {
+        components: config.components.to_string(),
+        from_spec: config.from.to_string(),
+        from_position: position_sql(from_position),
+        to_position: position_sql(to),
+        next_position: position_sql(from_position),
+    };
+    sqlx::query(&format!(
+        "CREATE TABLE {STAGING_SCHEMA}.replay_state (components text NOT NULL, from_spec text NOT \
+         NULL, from_position bigint NOT NULL, to_position bigint NOT NULL, next_position bigint \
+         NOT NULL, started_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {STAGING_SCHEMA}.replay_state (components, from_spec, from_position, \
+         to_position, next_position) VALUES ($1, $2, $3, $4, $5)"
+    ))
+    .bind(&state.components)
+    .bind(&state.from_spec)
+    .bind(state.from_position)
+    .bind(state.to_position)
+    .bind(state.next_position)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await.context("COMMIT")?;
+    Ok(state)
+}
+
+/// The most time between two chunks, so progress and resumption stay fine-grained on slow logs.
+const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Step 2, on its own thread: read, decode, apply, encode; hand over a chunk at a time.
+fn produce(
+    log: &hybridstore_wal::Wal,
+    mut projection: Projection,
+    from: Position,
+    to: Position,
+    components: ComponentSet,
+    chunk_events: usize,
+    sender: &tokio::sync::mpsc::Sender<anyhow::Result<Chunk>>,
+) {
+    let events = match crate::events(log, from, to) {
+        Ok(events) => events,
+        Err(error) => {
+            let _ = sender.blocking_send(Err(error));
+            return;
+        }
+    };
+    let messages = components.contains(Component::Conversations);
+    let mut keys = Keys::default();
+    let mut copy = Vec::new();
+    let mut count = 0usize;
+    let mut chunk_started = Instant::now();
+    let send = |copy: &mut Vec<u8>, keys: &mut Keys, projection: &Projection, end| {
+        let chunk = Chunk {
+            copy: std::mem::take(copy),
+            entries: model::subset(projection, keys),
+            keys: std::mem::take(keys),
+            end,
+        };
+        sender.blocking_send(Ok(chunk)).is_ok()
+    };
+    for event in events {
+        let event: RecordedEvent = match event {
+            Ok(event) => event,
+            Err(error) => {
+                let _ = sender.blocking_send(Err(error));
+                return;
+            }
+        };
+        keys.note(&event, components);
+        if messages {
+            if let Some(row) = MessageRow::from_event(&event) {
+                encode_copy_row(&mut copy, &row);
+            }
+        }
+        let end = event.position.advance(1);
+        projection.apply_owned(event);
+        count += 1;
+        if count >= chunk_events || chunk_started.elapsed() >= CHUNK_INTERVAL || end == to {
+            if !send(&mut copy, &mut keys, &projection, end) {
+                return;
+            }
+            count = 0;
+            chunk_started = Instant::now();
+        }
+    }
+}
+
+/// Appends one row in `COPY ... FROM STDIN` text format.
+fn encode_copy_row(out: &mut Vec<u8>, row: &MessageRow) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "{}\t{}\t{}\t{}\t",
+        row.bot_id, row.chat_id, row.position, row.direction
+    );
+    escape_copy(out, &row.text);
+    out.push(b'\t');
+    out.extend_from_slice(hybridstore::Timestamp(row.at).to_rfc3339().as_bytes());
+    out.push(b'\t');
+    match &row.legacy_ts {
+        Some(value) => escape_copy(out, &value.to_string()),
+        None => out.extend_from_slice(b"\\N"),
+    }
+    out.push(b'\n');
+}
+
+/// Escapes a value for COPY's text format (backslash, tab, newline, carriage return).
+fn escape_copy(out: &mut Vec<u8>, text: &str) {
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            other => out.push(other),
+        }
+    }
+}
+
+/// Step 3: one chunk, one transaction.
+async fn write_chunk(conn: &mut PgConnection, chunk: &Chunk) -> anyhow::Result<()> {
+    let mut tx = conn.begin_staging().await?;
+    if !chunk.copy.is_empty() {
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY messages (bot_id, chat_id, position, direction, text, at, legacy_ts) FROM \
+                 STDIN",
+            )
+            .await
+            .context("COPY messages")?;
+        copy.send(chunk.copy.as_slice())
+            .await
+            .context("COPY messages")?;
+        copy.finish().await.context("COPY messages")?;
+    }
+    model::write(&mut tx, &chunk.entries, &chunk.keys, None).await?;
+    sqlx::query("UPDATE replay_state SET next_position = $1")
+        .bind(position_sql(chunk.end))
+        .execute(&mut *tx)
+        .await
+        .context("recording the replay's progress")?;
+    tx.commit().await.context("COMMIT")?;
+    Ok(())
+}
+
+/// Step 4: the atomic swap. Returns the rows in the swapped-in tables.
+async fn swap_in(
+    conn: &mut PgConnection,
+    live: &str,
+    components: ComponentSet,
+    to: Position,
+) -> anyhow::Result<u64> {
+    use sqlx::Connection as _;
+    let tables: Vec<&str> = components
+        .iter()
+        .flat_map(|c| component_tables(c).iter().copied())
+        .collect();
+    let mut tx = conn.begin().await.context("BEGIN")?;
+    let counts: Vec<String> = tables
+        .iter()
+        .map(|t| format!("(SELECT count(*) FROM {STAGING_SCHEMA}.{t})"))
+        .collect();
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT ({})::int8", counts.join(" + ")))
+        .fetch_one(&mut *tx)
+        .await
+        .context("counting the rebuilt rows")?;
+    // The projector takes its checkpoints first and the tables after: so does the swap, so the
+    // two wait for each other instead of deadlocking.
+    model::checkpoints(&mut tx, true).await?;
+    let live_tables: Vec<String> = tables.iter().map(|t| format!("{live}.{t}")).collect();
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        live_tables.join(", ")
+    ))
+    .execute(&mut *tx)
+    .await
+    .context("locking the live tables")?;
+    for table in &tables {
+        sqlx::query(&format!("DROP TABLE {live}.{table}"))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("dropping the old {table}"))?;
+        sqlx::query(&format!(
+            "ALTER TABLE {STAGING_SCHEMA}.{table} SET SCHEMA {live}"
+        ))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("moving the new {table} in"))?;
+    }
+    model::set_checkpoints(&mut tx, components, to).await?;
+    sqlx::query(&format!("DROP SCHEMA {STAGING_SCHEMA} CASCADE"))
+        .execute(&mut *tx)
+        .await
+        .context("dropping the staging schema")?;
+    tx.commit().await.context("COMMIT of the swap")?;
+    for table in &tables {
+        sqlx::query(&format!("ANALYZE {live}.{table}"))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("ANALYZE {table}"))?;
+    }
+    Ok(u64::try_from(rows).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves COPY text escaping keeps backslashes, tabs and line breaks inside one field.
+    #[test]
+    fn copy_escaping() {
+        let mut out = Vec::new();
+        escape_copy(&mut out, "a\\b\tc\nd\re");
+        assert_eq!(out, b"a\\\\b\\tc\\nd\\re");
+    }
+
+    /// Proves `--from` parses positions and the two keywords, and refuses the rest.
+    #[test]
+    fn from_argument() {
+        assert_eq!("start".parse::<From>(), Ok(From::Start));
+        assert_eq!("checkpoint".parse::<From>(), Ok(From::Checkpoint));
+        assert_eq!("42".parse::<From>(), Ok(From::Position(Position(42))));
+        assert!("-1".parse::<From>().is_err());
+    }
+}
