@@ -11,6 +11,8 @@
 //! - [`legacy`]: import of the old bot's JSON files, and export back to them.
 //! - [`demo`]: the `hybridstore demo` command.
 //! - [`error`]: input and store errors.
+//! - `testing` (feature `testing`): shared test support — event generators, a database per
+//!   test, a TCP proxy for outages.
 //!
 //! The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is `hybridstore-audit`.
 
@@ -22,6 +24,8 @@ pub mod legacy;
 pub mod pg;
 pub mod projection;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{InputError, Result, StoreError};
 pub use ids::{

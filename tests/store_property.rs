@@ -7,25 +7,15 @@
 
 use std::collections::HashMap;
 
-use hybridstore::events::{
-    AnalyticsRecorded, ComponentStateChanged, ConfigValueSet, ConfigValueUnset,
-    ConversationAnalyzed, Event, FollowupCancelled, FollowupFired, FollowupScheduled, Generation,
-    HistoryCleared, Identity, JsonText, MessageReceived, MessageSent, ProfileCreated,
-    ProfileDeleted, ProfileFactsRecorded, ProfileLegacyStateImported, ProfileRenamed, UserBlocked,
-    UserErased, UserIdentityUpdated, UserRegistered, UserSettingsChanged, UserUnblocked,
-};
+use hybridstore::testing::{build_event, EventSpec, DAY_ZERO_MS};
 use hybridstore::{
-    AppendResult, BotId, Component, ExpectedVersion, MigrationState, NewEvent, ReadDirection,
-    Store, StoreConfig, StoreError, StreamId, StreamKind, StreamVersion, Timestamp,
+    AppendResult, BotId, ExpectedVersion, NewEvent, ReadDirection, Store, StoreConfig, StoreError,
+    StreamId, StreamVersion, Timestamp,
 };
 use hybridstore_wal::io::sim::SimFs;
 use hybridstore_wal::{Options, Position};
 use proptest::prelude::*;
-use serde_json::json;
 use uuid::Uuid;
-
-/// 2026-11-18T00:00:00Z.
-const DAY_ZERO_MS: i64 = 20_775 * 86_400_000;
 
 /// The streams the operations pick from: two bots, each with its bot and telemetry streams, two
 /// users and two chats.
@@ -41,15 +31,6 @@ fn streams() -> Vec<StreamId> {
         }
     }
     streams
-}
-
-/// One event to build: a selector (which type, among those of the stream's kind), an argument
-/// that varies its content, and the day it happened.
-#[derive(Debug, Clone, Copy)]
-struct EventSpec {
-    selector: u8,
-    argument: u8,
-    day: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -97,150 +78,6 @@ fn op(stream_count: usize) -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, by_key)| Op::Retry { pick, by_key }),
         1 => Just(Op::Reopen),
     ]
-}
-
-fn json_text(value: serde_json::Value) -> JsonText {
-    JsonText::from_value(&value)
-}
-
-/// Builds a valid event for a stream of `kind`.
-fn build_event(kind: StreamKind, spec: EventSpec) -> Event {
-    let a = spec.argument;
-    let small = i64::from(a % 4);
-    match kind {
-        StreamKind::User => match spec.selector % 6 {
-            0 | 1 => Event::UserRegistered(UserRegistered {
-                identity: Identity {
-                    username: Some(format!("user{a}")),
-                    first_name: a.is_multiple_of(2).then(|| "Anna".to_owned()),
-                    last_name: None,
-                    language_code: Some("en".into()),
-                },
-            }),
-            2 => Event::UserSettingsChanged(UserSettingsChanged {
-                settings: json_text(if a.is_multiple_of(3) {
-                    json!({ format!("s{small}"): null })
-                } else {
-                    json!({ format!("s{small}"): a, "lang": "en" })
-                }),
-            }),
-            3 => Event::UserBlocked(UserBlocked {
-                reason: a.is_multiple_of(2).then(|| format!("reason {a}")),
-            }),
-            4 => {
-                if a.is_multiple_of(4) {
-                    Event::UserErased(UserErased {})
-                } else if a.is_multiple_of(2) {
-                    Event::UserUnblocked(UserUnblocked {})
-                } else {
-                    Event::UserIdentityUpdated(UserIdentityUpdated {
-                        identity: Identity {
-                            username: Some(format!("renamed{a}")),
-                            ..Identity::default()
-                        },
-                    })
-                }
-            }
-            _ => Event::UserSettingsChanged(UserSettingsChanged {
-                settings: json_text(json!({ "nested": {"x": a} })),
-            }),
-        },
-        StreamKind::Conversation => match spec.selector % 12 {
-            0 => Event::ProfileCreated(ProfileCreated {
-                name: format!("name{a}"),
-            }),
-            1 => Event::ProfileRenamed(ProfileRenamed {
-                name: format!("renamed{a}"),
-            }),
-            2 => Event::ProfileFactsRecorded(ProfileFactsRecorded {
-                snapshot_id: format!("s{small}"),
-                facts: json_text(json!({"n": a})),
-            }),
-            3 => Event::ConversationAnalyzed(ConversationAnalyzed {
-                analysis_id: format!("a{small}"),
-                summary: format!("summary {a}"),
-            }),
-            4 if a.is_multiple_of(8) => Event::ProfileDeleted(ProfileDeleted {}),
-            4 => Event::ProfileLegacyStateImported(ProfileLegacyStateImported {
-                last_activity: a
-                    .is_multiple_of(2)
-                    .then(|| json_text(json!(format!("2024-01-0{small}")))),
-                message_count: u64::from(a),
-                previous_response_id: a.is_multiple_of(3).then(|| format!("legacy{a}")),
-            }),
-            5 | 6 => Event::MessageReceived(MessageReceived {
-                telegram_message_id: Some(i64::from(a)),
-                text: format!("in {a}"),
-                content_type: if a.is_multiple_of(5) { "photo" } else { "text" }.into(),
-                legacy_ts: None,
-            }),
-            7 | 8 => Event::MessageSent(MessageSent {
-                text: format!("out {a}"),
-                kind: "reply".into(),
-                generation: a.is_multiple_of(2).then(|| Generation {
-                    model: "m".into(),
-                    response_id: a.is_multiple_of(4).then(|| format!("resp{a}")),
-                    prompt_tokens: u32::from(a),
-                    completion_tokens: 7,
-                    latency_ms: 10,
-                }),
-                legacy_ts: None,
-            }),
-            9 if a.is_multiple_of(4) => Event::HistoryCleared(HistoryCleared {}),
-            9 => Event::FollowupScheduled(FollowupScheduled {
-                followup_id: format!("f{small}"),
-                due_at: Timestamp(DAY_ZERO_MS + i64::from(a)),
-                reason: "quiet".into(),
-            }),
-            10 => Event::FollowupCancelled(FollowupCancelled {
-                followup_id: format!("f{small}"),
-            }),
-            _ => Event::FollowupFired(FollowupFired {
-                followup_id: format!("f{small}"),
-            }),
-        },
-        StreamKind::Bot => match spec.selector % 3 {
-            0 => Event::ConfigValueSet(ConfigValueSet {
-                scope: if a.is_multiple_of(2) {
-                    "global"
-                } else {
-                    "chat:1"
-                }
-                .into(),
-                key: format!("k{small}"),
-                value: json_text(json!({"v": a})),
-            }),
-            1 => Event::ConfigValueUnset(ConfigValueUnset {
-                scope: "global".into(),
-                key: format!("k{small}"),
-            }),
-            _ => {
-                let states = [
-                    MigrationState::Disabled,
-                    MigrationState::Enabled,
-                    MigrationState::DualWrite,
-                    MigrationState::DatabaseOnly,
-                ];
-                Event::ComponentStateChanged(ComponentStateChanged {
-                    component: Component::ALL[usize::from(a) % Component::ALL.len()],
-                    from: states[usize::from(a / 5) % 4],
-                    to: states[usize::from(a / 20) % 4],
-                    reason: "test".into(),
-                    automatic: a.is_multiple_of(2),
-                })
-            }
-        },
-        StreamKind::Telemetry => Event::AnalyticsRecorded(AnalyticsRecorded {
-            kind: if spec.selector.is_multiple_of(3) {
-                "command"
-            } else {
-                "llm_call"
-            }
-            .into(),
-            user_id: a.is_multiple_of(2).then_some(i64::from(a)),
-            properties: json_text(json!({"tokens": a})),
-        }),
-    }
 }
 
 /// An append that succeeded, kept for retries.

@@ -7,6 +7,8 @@
 //! - [`model`]: the tables (created by the migrations in `migrations/`) and the projection: which
 //!   rows an event touches, loading rows into a [`crate::projection::Projection`], writing its
 //!   entries back set-based.
+//! - [`verify`]: every row compared with the log projection at the tables' checkpoint (what
+//!   `hybridstore-replay --verify` runs).
 //! - [`projector`]: the live projector — batches of durable events, rows and checkpoint in one
 //!   transaction, retry with backoff while Postgres is away.
 //!
@@ -19,6 +21,7 @@
 pub mod config;
 pub mod model;
 pub mod projector;
+pub mod verify;
 
 pub use config::{describe, PgConfig};
 pub use projector::{PgProjector, ProjectorConfig, ProjectorStatus};

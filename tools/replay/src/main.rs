@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hybridstore::pg::verify;
 use hybridstore::ComponentSet;
 use hybridstore_replay::rebuild::{self, From, Outcome, RebuildConfig};
-use hybridstore_replay::verify;
 
 /// Most differences listed before the rest are only counted.
 const DIFFERENCES_LISTED_MAX: usize = 100;

@@ -193,7 +193,7 @@ pub async fn rebuild(
     ensure!(config.chunk_events > 0, "--chunk-events must be at least 1");
     let started = Instant::now();
     hybridstore::pg::migrate(pool).await?;
-    let log = crate::open_log(&config.data_dir)?;
+    let log = hybridstore::pg::verify::open_log(&config.data_dir)?;
     let log_end = log.durable_end();
     let live: String = sqlx::query_scalar("SELECT current_schema()")
         .fetch_one(pool)
@@ -469,7 +469,7 @@ fn produce(
     chunk_events: usize,
     sender: &tokio::sync::mpsc::Sender<anyhow::Result<Chunk>>,
 ) {
-    let events = match crate::events(log, from, to) {
+    let events = match hybridstore::pg::verify::events(log, from, to) {
         Ok(events) => events,
         Err(error) => {
             let _ = sender.blocking_send(Err(error));

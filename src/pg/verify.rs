@@ -8,13 +8,56 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use std::path::Path;
+
 use anyhow::Context as _;
-use hybridstore::ids::{Component, ComponentSet};
-use hybridstore::pg::model::{self, MessageRow, Rows};
-use hybridstore::projection::Projection;
-use hybridstore_wal::Position;
+use hybridstore_wal::{Options, Position, Wal};
 use serde_json::{json, Value};
 use sqlx::{Connection as _, PgPool};
+
+use super::model::{self, MessageRow, Rows};
+use crate::events::{decode_record, RecordedEvent};
+use crate::ids::{Component, ComponentSet};
+use crate::projection::Projection;
+
+/// Opens the log of a data directory read-only (beside a live store, if one runs).
+///
+/// # Errors
+/// When the directory holds no readable log.
+pub fn open_log(data_dir: &Path) -> anyhow::Result<Wal> {
+    let dir = data_dir.join(crate::WAL_SUBDIR);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no log in {} (expected {})",
+            data_dir.display(),
+            dir.display()
+        );
+    }
+    Wal::open_read_only(&dir, Options::default())
+        .with_context(|| format!("cannot open the log in {}", dir.display()))
+}
+
+/// Iterates the decoded events of `log` in `from..to`.
+///
+/// # Errors
+/// When `from` is not in the log; each item fails when a record cannot be read or decoded.
+pub fn events(
+    log: &Wal,
+    from: Position,
+    to: Position,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<RecordedEvent>>> {
+    let reader = log
+        .reader(from)
+        .with_context(|| format!("cannot read the log from position {from}"))?;
+    Ok(reader
+        .take_while(move |r| r.as_ref().map_or(true, |r| r.position < to))
+        .map(|record| {
+            let record = record.context("reading the log")?;
+            decode_record(record.position, &record.data).with_context(|| {
+                format!("the event at position {} does not decode", record.position)
+            })
+        }))
+}
 
 /// One difference between Postgres and the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,10 +124,10 @@ pub struct VerifyReport {
 /// When the log or the database cannot be read, or a checkpoint lies beyond the log's end.
 pub async fn verify(
     pool: &PgPool,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     components: ComponentSet,
 ) -> anyhow::Result<VerifyReport> {
-    let log = crate::open_log(data_dir)?;
+    let log = open_log(data_dir)?;
     let log_end = log.durable_end();
     let mut conn = pool.acquire().await.context("connecting")?;
     let mut tx = conn.begin().await.context("BEGIN")?;
@@ -124,7 +167,7 @@ pub async fn verify(
     for (at, set) in groups {
         let mut projection = Projection::with_components(0, set);
         let mut group_messages = Vec::new();
-        for event in crate::events(&log, Position(0), at)? {
+        for event in events(&log, Position(0), at)? {
             let event = event?;
             if set.contains(Component::Conversations) {
                 group_messages.extend(MessageRow::from_event(&event));
@@ -133,7 +176,7 @@ pub async fn verify(
         }
         // Messages of a chat below its last clear are gone from the table too.
         group_messages.retain(|row: &MessageRow| {
-            let cleared = hybridstore::BotId::new(row.bot_id.as_str())
+            let cleared = crate::BotId::new(row.bot_id.as_str())
                 .ok()
                 .and_then(|bot| projection.conversation(&bot, row.chat_id))
                 .map_or(0, |c| c.head.cleared_before.0);
@@ -191,7 +234,7 @@ fn message_value(row: &MessageRow) -> Value {
     json!({
         "direction": row.direction,
         "text": row.text,
-        "at": hybridstore::Timestamp(row.at).to_rfc3339(),
+        "at": crate::Timestamp(row.at).to_rfc3339(),
         "legacy_ts": row.legacy_ts,
     })
 }
@@ -237,7 +280,7 @@ fn entries(projection: &Projection) -> BTreeMap<String, Value> {
         out.insert(
             format!(
                 "analytics_daily {bot}/{}",
-                hybridstore::Timestamp(day * 86_400_000).date()
+                crate::Timestamp(day * 86_400_000).date()
             ),
             json!({ "counters": counters, "chats": chats }),
         );
