@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::Connection as _;
 
 use super::PgError;
 
@@ -164,6 +165,22 @@ impl PgConfig {
     /// # Errors
     /// [`PgError::Connect`] describing why the first connection failed.
     pub async fn connect(&self) -> Result<PgPool, PgError> {
+        // One connection by hand first: the pool retries a failing connect until its timeout
+        // and then reports only that it timed out, where this reports the reason at once.
+        let first = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            sqlx::PgConnection::connect_with(&self.connect),
+        )
+        .await
+        .map_err(|_| PgError::Connect {
+            target: self.target(),
+            reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+        })?
+        .map_err(|e| PgError::Connect {
+            target: self.target(),
+            reason: describe(&e),
+        })?;
+        let _ = first.close().await;
         PgPoolOptions::new()
             .min_connections(self.pool_min.min(self.pool_max))
             .max_connections(self.pool_max)
