@@ -238,6 +238,89 @@ pub async fn append_workload(
     store.durable_end()
 }
 
+/// Appends a bot's realistic history: `chats` chats of `exchanges` exchanges each (a message in,
+/// a generated reply), a profile per chat, an analysis with facts every 10 exchanges, a user per
+/// chat; chats are written a few hundred events per append. Returns the log's end.
+///
+/// # Panics
+/// If an append fails.
+pub async fn append_chat_history(store: &Store, chats: i64, exchanges: u64) -> hybridstore_wal::Position {
+    let bot = BotId::new("bench").expect("valid");
+    for chat in 1..=chats {
+        let at = |turn: u64| Timestamp(DAY_ZERO_MS + chat * 1000 + i64::try_from(turn).unwrap_or(0) * 60_000);
+        store
+            .append(
+                &StreamId::user(&bot, chat),
+                ExpectedVersion::Any,
+                vec![NewEvent::new(Event::UserRegistered(UserRegistered {
+                    identity: Identity {
+                        username: Some(format!("user{chat}")),
+                        first_name: Some("Anna".into()),
+                        last_name: None,
+                        language_code: Some("en".into()),
+                    },
+                }))
+                .at(at(0))],
+            )
+            .await
+            .expect("append");
+        let stream = StreamId::conversation(&bot, chat);
+        let mut events = vec![NewEvent::new(Event::ProfileCreated(ProfileCreated {
+            name: format!("partner {chat}"),
+        }))
+        .at(at(0))];
+        for turn in 0..exchanges {
+            events.push(
+                NewEvent::new(Event::MessageReceived(MessageReceived {
+                    telegram_message_id: i64::try_from(turn * 2 + 1).ok(),
+                    text: format!("hi! what are you up to tonight? ({turn})"),
+                    content_type: "text".into(),
+                    legacy_ts: None,
+                }))
+                .at(at(turn)),
+            );
+            events.push(
+                NewEvent::new(Event::MessageSent(MessageSent {
+                    text: format!("just got home, thinking about a film - any ideas? ({turn})"),
+                    kind: "reply".into(),
+                    generation: Some(Generation {
+                        model: "gpt-4o-mini".into(),
+                        response_id: Some(format!("resp_{chat}_{turn}")),
+                        prompt_tokens: 400,
+                        completion_tokens: 40,
+                        latency_ms: 800,
+                    }),
+                    legacy_ts: None,
+                }))
+                .at(at(turn)),
+            );
+            if turn % 10 == 9 {
+                events.push(
+                    NewEvent::new(Event::ConversationAnalyzed(ConversationAnalyzed {
+                        analysis_id: format!("analysis-{turn}"),
+                        summary: "They talked about films and seemed cheerful.".into(),
+                    }))
+                    .at(at(turn)),
+                );
+                events.push(
+                    NewEvent::new(Event::ProfileFactsRecorded(ProfileFactsRecorded {
+                        snapshot_id: format!("analysis-{turn}"),
+                        facts: json_text(json!({"mood": "cheerful", "interests": ["films"]})),
+                    }))
+                    .at(at(turn)),
+                );
+            }
+            if events.len() >= 200 || turn + 1 == exchanges {
+                store
+                    .append(&stream, ExpectedVersion::Any, std::mem::take(&mut events))
+                    .await
+                    .expect("append");
+            }
+        }
+    }
+    store.durable_end()
+}
+
 /// The server tests use: `HYBRIDSTORE_TEST_DATABASE_URL`, else `DATABASE_URL` (which
 /// `tools/test.sh` sets from `tools/services.sh`), else the local default.
 pub fn admin_url() -> String {

@@ -582,7 +582,9 @@ async fn load_analytics(
 }
 
 /// What the tables held of the touched entries before a batch, to write only what changed.
-/// `None` (a rebuild flushing into fresh tables) rewrites every touched entry's child rows.
+/// `None` (a rebuild flushing into fresh tables) rewrites every touched entry's child rows, and
+/// leaves the messages of cleared histories to the rebuild, which deletes them all at once at
+/// its end.
 pub type Prior<'a> = Option<&'a Projection>;
 
 /// Writes the entries of `keys` as `projection` has them (upserting present ones, deleting absent
@@ -832,7 +834,8 @@ async fn write_conversations(
         unanswered.push(counter(head.unanswered));
         cleared.push(counter(head.cleared_before.0));
         retained.push(counter(conversation.retained));
-        if before.map(|b| b.head.cleared_before) != Some(head.cleared_before)
+        if prior.is_some()
+            && before.map(|b| b.head.cleared_before) != Some(head.cleared_before)
             && head.cleared_before > Position(0)
         {
             c_bots.push(bot_name.clone());
@@ -1000,7 +1003,6 @@ async fn write_analytics(
         let Some(counters) = projection.daily_by_day(bot_id, *day) else {
             continue;
         };
-        let before = prior.and_then(|p| p.daily_by_day(bot_id, *day));
         bots.push(bot_id.to_string());
         days.push(*day);
         ins.push(counter(counters.messages_in));
@@ -1008,13 +1010,19 @@ async fn write_analytics(
         active.push(counter(counters.active_chats));
         calls.push(counter(counters.llm_calls));
         tokens.push(counter(counters.llm_tokens));
-        for chat in counters.chats() {
-            let known = before.is_some_and(|b| b.has_chat(chat));
-            if !known {
-                s_bots.push(bot_id.to_string());
-                s_days.push(*day);
-                s_chats.push(chat);
-            }
+    }
+    // Only the batch's own messages can add a (day, chat) pair.
+    for (bot_id, day, chat) in &keys.day_chats {
+        let seen = projection
+            .daily_by_day(bot_id, *day)
+            .is_some_and(|c| c.has_chat(*chat));
+        let known = prior
+            .and_then(|p| p.daily_by_day(bot_id, *day))
+            .is_some_and(|c| c.has_chat(*chat));
+        if seen && !known {
+            s_bots.push(bot_id.to_string());
+            s_days.push(*day);
+            s_chats.push(*chat);
         }
     }
     if !bots.is_empty() {
@@ -1039,7 +1047,7 @@ async fn write_analytics(
         .map_err(query_error("write analytics_daily"))?;
     }
     if !s_bots.is_empty() {
-        // Without a prior (a rebuild's flush) the pairs written earlier are sent again.
+        // Without a prior (a rebuild's flush) a pair may have been written by an earlier chunk.
         sqlx::query(
             "INSERT INTO analytics_daily_chats (bot_id, day, chat_id) SELECT b, date '1970-01-01' \
              + d::int4, c FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(b, d, c) \

@@ -252,6 +252,7 @@ pub async fn rebuild(
         model::load(&mut tx, Rows::All, &mut projection).await?;
         tx.commit().await?;
     }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "staging ready");
     let replayed_from = next;
     let mut progress = Progress::new(to.0.saturating_sub(from.0), config.quiet);
     progress.set(next.0.saturating_sub(from.0));
@@ -273,12 +274,26 @@ pub async fn rebuild(
         })
         .context("starting the reader thread")?;
     let write_all = async {
-        while let Some(chunk) = receiver.recv().await {
+        // Where the time goes: writing (Postgres) or waiting for the reader (decoding).
+        let (mut writing, mut waiting) = (Duration::ZERO, Duration::ZERO);
+        loop {
+            let asked = Instant::now();
+            let Some(chunk) = receiver.recv().await else {
+                break;
+            };
             let chunk = chunk?;
+            let got = Instant::now();
+            waiting += got - asked;
             write_chunk(&mut conn, &chunk).await?;
+            writing += got.elapsed();
             next = chunk.end;
             progress.set(next.0.saturating_sub(from.0));
         }
+        tracing::info!(
+            writing_ms = writing.as_millis() as u64,
+            waiting_for_reader_ms = waiting.as_millis() as u64,
+            "replayed"
+        );
         anyhow::Ok(())
     };
     let interrupted = tokio::select! {
@@ -295,7 +310,9 @@ pub async fn rebuild(
         next == to,
         "the log ended at {next} before the replay's end {to}"
     );
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "replayed; swapping in");
     let rows = swap_in(&mut conn, &live, config.components, to).await?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "swapped in");
     Ok(Outcome::Done(RebuildSummary {
         components: config.components,
         from,
@@ -316,10 +333,14 @@ impl BeginStaging for PgConnection {
     async fn begin_staging(&mut self) -> anyhow::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         use sqlx::Connection as _;
         let mut tx = self.begin().await.context("BEGIN")?;
-        sqlx::query(&format!("SET LOCAL search_path TO {STAGING_SCHEMA}"))
-            .execute(&mut *tx)
-            .await
-            .context("SET search_path")?;
+        // Asynchronous commit: a server crash may lose the last chunks, but never a chunk's rows
+        // without its `replay_state` (they commit together), so the rebuild resumes correctly.
+        sqlx::raw_sql(&format!(
+            "SET LOCAL search_path TO {STAGING_SCHEMA}; SET LOCAL synchronous_commit TO off"
+        ))
+        .execute(&mut *tx)
+        .await
+        .context("SET search_path")?;
         Ok(tx)
     }
 }
@@ -411,8 +432,16 @@ async fn create_staging(
     );
     for component in config.components.iter() {
         for table in component_tables(component) {
+            // `messages` only ever grows by COPY during a rebuild: it gets its indexes once, at
+            // the end (a bulk load's usual order), the other tables keep theirs for upserts.
+            let indexes = if *table == DEFERRED_INDEX_TABLE {
+                "EXCLUDING INDEXES"
+            } else {
+                ""
+            };
             sqlx::query(&format!(
-                "CREATE TABLE {STAGING_SCHEMA}.{table} (LIKE {live}.{table} INCLUDING ALL)"
+                "CREATE TABLE {STAGING_SCHEMA}.{table} (LIKE {live}.{table} INCLUDING ALL \
+                 {indexes})"
             ))
             .execute(&mut *tx)
             .await
@@ -455,6 +484,9 @@ async fn create_staging(
     tx.commit().await.context("COMMIT")?;
     Ok(state)
 }
+
+/// The table whose indexes a rebuild builds after loading it.
+const DEFERRED_INDEX_TABLE: &str = "messages";
 
 /// The most time between two chunks, so progress and resumption stay fine-grained on slow logs.
 const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
@@ -565,7 +597,12 @@ async fn write_chunk(conn: &mut PgConnection, chunk: &Chunk) -> anyhow::Result<(
             .context("COPY messages")?;
         copy.finish().await.context("COPY messages")?;
     }
+    let copied = Instant::now();
     model::write(&mut tx, &chunk.entries, &chunk.keys, None).await?;
+    tracing::debug!(
+        upserts_ms = copied.elapsed().as_millis() as u64,
+        "chunk written"
+    );
     sqlx::query("UPDATE replay_state SET next_position = $1")
         .bind(position_sql(chunk.end))
         .execute(&mut *tx)
@@ -587,6 +624,9 @@ async fn swap_in(
         .iter()
         .flat_map(|c| component_tables(c).iter().copied())
         .collect();
+    if components.contains(Component::Conversations) {
+        finish_messages(conn, live).await?;
+    }
     let mut tx = conn.begin().await.context("BEGIN")?;
     let counts: Vec<String> = tables
         .iter()
@@ -625,6 +665,7 @@ async fn swap_in(
         .await
         .context("dropping the staging schema")?;
     tx.commit().await.context("COMMIT of the swap")?;
+    tracing::info!("swap committed");
     for table in &tables {
         sqlx::query(&format!("ANALYZE {live}.{table}"))
             .execute(&mut *conn)
@@ -632,6 +673,61 @@ async fn swap_in(
             .with_context(|| format!("ANALYZE {table}"))?;
     }
     Ok(u64::try_from(rows).unwrap_or(0))
+}
+
+/// Deletes the messages that clears removed (a rebuild defers that to here) and gives the
+/// staging `messages` the live table's keys and indexes, as the migrations define them.
+async fn finish_messages(conn: &mut PgConnection, live: &str) -> anyhow::Result<()> {
+    let table = DEFERRED_INDEX_TABLE;
+    let deleted = sqlx::query(&format!(
+        "DELETE FROM {STAGING_SCHEMA}.{table} m USING {STAGING_SCHEMA}.conversations c WHERE \
+         m.bot_id = c.bot_id AND m.chat_id = c.chat_id AND m.position < c.cleared_before"
+    ))
+    .execute(&mut *conn)
+    .await
+    .context("deleting cleared messages")?;
+    tracing::info!(deleted = deleted.rows_affected(), "cleared messages deleted");
+    let constraints: Vec<(String, String)> = sqlx::query_as(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = \
+         ($1 || '.' || $2)::regclass AND contype IN ('p', 'u', 'x')",
+    )
+    .bind(live)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading the keys of messages")?;
+    for (name, definition) in &constraints {
+        sqlx::query(&format!(
+            "ALTER TABLE {STAGING_SCHEMA}.{table} ADD CONSTRAINT {name} {definition}"
+        ))
+        .execute(&mut *conn)
+        .await
+        .with_context(|| {
+            format!("building {name} (a duplicate key here means an event was applied twice)")
+        })?;
+    }
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = ($1 || '.' || \
+         $2)::regclass AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = \
+         i.indexrelid)",
+    )
+    .bind(live)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading the indexes of messages")?;
+    for definition in indexes {
+        let definition = definition.replacen(
+            &format!(" ON {live}.{table} "),
+            &format!(" ON {STAGING_SCHEMA}.{table} "),
+            1,
+        );
+        sqlx::query(&definition)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("building an index: {definition}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
