@@ -244,10 +244,16 @@ pub async fn append_workload(
 ///
 /// # Panics
 /// If an append fails.
-pub async fn append_chat_history(store: &Store, chats: i64, exchanges: u64) -> hybridstore_wal::Position {
+pub async fn append_chat_history(
+    store: &Store,
+    chats: i64,
+    exchanges: u64,
+) -> hybridstore_wal::Position {
     let bot = BotId::new("bench").expect("valid");
     for chat in 1..=chats {
-        let at = |turn: u64| Timestamp(DAY_ZERO_MS + chat * 1000 + i64::try_from(turn).unwrap_or(0) * 60_000);
+        let at = |turn: u64| {
+            Timestamp(DAY_ZERO_MS + chat * 1000 + i64::try_from(turn).unwrap_or(0) * 60_000)
+        };
         store
             .append(
                 &StreamId::user(&bot, chat),

@@ -221,7 +221,11 @@ async fn exactly_once_across_kill_9() {
         }
     }
     if !finished {
-        let mut last = Command::new(BIN).args(args).stdout(Stdio::null()).spawn().unwrap();
+        let mut last = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while last.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

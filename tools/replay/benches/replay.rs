@@ -154,10 +154,18 @@ fn report_replay(out: &mut String, mode: &RunMode, runtime: &tokio::runtime::Run
              COPY of the same rows: {:.2}s = {copy_rate:.0} events/s equivalent\n\
              replay / COPY throughput: {:.2}x (target >= 0.5x: {})\n",
             summary.elapsed.as_secs_f64(),
-            if replay_rate >= 100_000.0 { "met" } else { "MISSED" },
+            if replay_rate >= 100_000.0 {
+                "met"
+            } else {
+                "MISSED"
+            },
             copy_time.as_secs_f64(),
             replay_rate / copy_rate,
-            if replay_rate / copy_rate >= 0.5 { "met" } else { "MISSED" },
+            if replay_rate / copy_rate >= 0.5 {
+                "met"
+            } else {
+                "MISSED"
+            },
         ));
     });
 }
@@ -174,9 +182,10 @@ fn report_lag(out: &mut String, mode: &RunMode, runtime: &tokio::runtime::Runtim
             .await
             .expect("open the store");
         let db = TestDb::create("bench_lag").await;
-        let projector = PgProjector::start(store.clone(), db.pool().await, ProjectorConfig::default())
-            .await
-            .expect("projector");
+        let projector =
+            PgProjector::start(store.clone(), db.pool().await, ProjectorConfig::default())
+                .await
+                .expect("projector");
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
         let commits = {
             let mut status = projector.watch();
@@ -238,7 +247,8 @@ fn report_lag(out: &mut String, mode: &RunMode, runtime: &tokio::runtime::Runtim
             })
             .collect();
         lags.sort_by(f64::total_cmp);
-        let rank = |q: f64| lags[((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len()) - 1];
+        let rank =
+            |q: f64| lags[((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len()) - 1];
         let rate = acked.len() as f64 / started.elapsed().as_secs_f64();
         out.push_str(&format!(
             "projector lag at {rate:.0} events/s for {seconds}s ({} events): p50 {:.2} ms, p99 \

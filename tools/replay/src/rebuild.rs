@@ -28,7 +28,7 @@ use hybridstore::ids::{Component, ComponentSet};
 use hybridstore::pg::model::{self, component_tables, Keys, MessageRow, Rows};
 use hybridstore::projection::Projection;
 use hybridstore_wal::Position;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::progress::Progress;
 
@@ -156,6 +156,8 @@ struct Chunk {
     /// The entries the chunk touched, as the projection has them after it.
     entries: Projection,
     keys: Keys,
+    /// Position of the chunk's first event.
+    start: Position,
     /// Position after the chunk's last event.
     end: Position,
 }
@@ -203,7 +205,11 @@ pub async fn rebuild(
         !live.is_empty() && live.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
         "the read models' schema {live:?} is not a plain identifier"
     );
-    let mut conn = pool.acquire().await.context("connecting")?;
+    // A connection of its own (not pooled): the rebuild's advisory lock lives and dies with it.
+    let mut conn = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .context("connecting")?;
+    lock_out_other_rebuilds(&mut conn).await?;
     let state = match read_state(&mut conn).await? {
         Some(state) if !config.fresh => {
             let same = state.components == config.components.to_string()
@@ -252,7 +258,10 @@ pub async fn rebuild(
         model::load(&mut tx, Rows::All, &mut projection).await?;
         tx.commit().await?;
     }
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "staging ready");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "staging ready"
+    );
     let replayed_from = next;
     let mut progress = Progress::new(to.0.saturating_sub(from.0), config.quiet);
     progress.set(next.0.saturating_sub(from.0));
@@ -310,9 +319,15 @@ pub async fn rebuild(
         next == to,
         "the log ended at {next} before the replay's end {to}"
     );
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "replayed; swapping in");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replayed; swapping in"
+    );
     let rows = swap_in(&mut conn, &live, config.components, to).await?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "swapped in");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "swapped in"
+    );
     Ok(Outcome::Done(RebuildSummary {
         components: config.components,
         from,
@@ -343,6 +358,35 @@ impl BeginStaging for PgConnection {
         .context("SET search_path")?;
         Ok(tx)
     }
+}
+
+/// The advisory lock key of rebuilds ("hyreplay").
+const REBUILD_LOCK_KEY: i64 = 0x6879_7265_706c_6179;
+
+/// How long a rebuild waits for another one on the same database (or for a killed one's server
+/// session to end) before giving up.
+const REBUILD_LOCK_WAIT: &str = "10s";
+
+/// One rebuild at a time per database: two would replay the same chunks into the same staging
+/// tables. A killed rebuild's lock goes with its server session, after its last commit.
+async fn lock_out_other_rebuilds(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query(&format!("SET lock_timeout = '{REBUILD_LOCK_WAIT}'"))
+        .execute(&mut *conn)
+        .await?;
+    let locked = sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(REBUILD_LOCK_KEY)
+        .execute(&mut *conn)
+        .await;
+    sqlx::query("SET lock_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    locked.map_err(|e| {
+        anyhow::anyhow!(
+            "another replay is running on this database (waited {REBUILD_LOCK_WAIT}): {}",
+            hybridstore::pg::describe(&e)
+        )
+    })?;
+    Ok(())
 }
 
 async fn read_state(conn: &mut PgConnection) -> anyhow::Result<Option<State>> {
@@ -513,13 +557,16 @@ fn produce(
     let mut copy = Vec::new();
     let mut count = 0usize;
     let mut chunk_started = Instant::now();
-    let send = |copy: &mut Vec<u8>, keys: &mut Keys, projection: &Projection, end| {
+    let mut start = from;
+    let mut send = |copy: &mut Vec<u8>, keys: &mut Keys, projection: &Projection, end| {
         let chunk = Chunk {
             copy: std::mem::take(copy),
             entries: model::subset(projection, keys),
             keys: std::mem::take(keys),
+            start,
             end,
         };
+        start = end;
         sender.blocking_send(Ok(chunk)).is_ok()
     };
     for event in events {
@@ -603,11 +650,17 @@ async fn write_chunk(conn: &mut PgConnection, chunk: &Chunk) -> anyhow::Result<(
         upserts_ms = copied.elapsed().as_millis() as u64,
         "chunk written"
     );
-    sqlx::query("UPDATE replay_state SET next_position = $1")
+    let moved = sqlx::query("UPDATE replay_state SET next_position = $1 WHERE next_position = $2")
         .bind(position_sql(chunk.end))
+        .bind(position_sql(chunk.start))
         .execute(&mut *tx)
         .await
         .context("recording the replay's progress")?;
+    ensure!(
+        moved.rows_affected() == 1,
+        "the staging tables are not at position {} any more: another replay wrote them",
+        chunk.start
+    );
     tx.commit().await.context("COMMIT")?;
     Ok(())
 }
@@ -686,7 +739,10 @@ async fn finish_messages(conn: &mut PgConnection, live: &str) -> anyhow::Result<
     .execute(&mut *conn)
     .await
     .context("deleting cleared messages")?;
-    tracing::info!(deleted = deleted.rows_affected(), "cleared messages deleted");
+    tracing::info!(
+        deleted = deleted.rows_affected(),
+        "cleared messages deleted"
+    );
     let constraints: Vec<(String, String)> = sqlx::query_as(
         "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = \
          ($1 || '.' || $2)::regclass AND contype IN ('p', 'u', 'x')",
