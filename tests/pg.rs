@@ -346,7 +346,9 @@ async fn bad_configuration_is_one_line() {
     );
     let missing = format!("{server}/hs_no_such_database");
     let tls = format!("{server}/test?sslmode=verify-full");
-    let cases: [(Vec<&str>, &[(&str, &str)], &str); 6] = [
+    // (flags, environment, what the one line must say)
+    type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 6] = [
         (
             vec!["--database-url", refusing_url.as_str()],
             &[],

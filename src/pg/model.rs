@@ -352,6 +352,8 @@ type ConversationRow = (
     i64,
 );
 
+type FollowupRow = (String, i64, String, i64);
+
 async fn load_conversations(
     conn: &mut PgConnection,
     rows: Rows<'_>,
@@ -367,7 +369,7 @@ async fn load_conversations(
         "SELECT bot_id, chat_id, followup_id, {} FROM followups",
         ts_out("due_at")
     );
-    let (found, due): (Vec<ConversationRow>, Vec<(String, i64, String, i64)>) = match rows {
+    let (found, due): (Vec<ConversationRow>, Vec<FollowupRow>) = match rows {
         Rows::All => (
             sqlx::query_as(&heads)
                 .fetch_all(&mut *conn)
@@ -439,15 +441,14 @@ async fn load_conversations(
     Ok(())
 }
 
+type ConfigRow = (String, String, String, serde_json::Value);
+
 async fn load_configuration(
     conn: &mut PgConnection,
     rows: Rows<'_>,
     projection: &mut Projection,
 ) -> Result<(), PgError> {
-    let (values, states): (
-        Vec<(String, String, String, serde_json::Value)>,
-        Vec<(String, String, String)>,
-    ) = match rows {
+    let (values, states): (Vec<ConfigRow>, Vec<(String, String, String)>) = match rows {
         Rows::All => (
             sqlx::query_as("SELECT bot_id, scope, key, value FROM config_values")
                 .fetch_all(&mut *conn)
@@ -1153,7 +1154,7 @@ pub fn direction_name(direction: Direction) -> &'static str {
 }
 
 /// One row of the `messages` table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct MessageRow {
     /// The bot.
     pub bot_id: String,
@@ -1193,36 +1194,14 @@ impl MessageRow {
 /// # Errors
 /// [`PgError::Query`] when the query fails.
 pub async fn load_messages(conn: &mut PgConnection) -> Result<Vec<MessageRow>, PgError> {
-    let rows: Vec<(
-        String,
-        i64,
-        i64,
-        String,
-        String,
-        i64,
-        Option<serde_json::Value>,
-    )> = sqlx::query_as(&format!(
-        "SELECT bot_id, chat_id, position, direction, text, {}, legacy_ts FROM messages \
-             ORDER BY position",
+    sqlx::query_as(&format!(
+        "SELECT bot_id, chat_id, position, direction, text, {} AS at, legacy_ts FROM messages \
+         ORDER BY position",
         ts_out("at")
     ))
     .fetch_all(&mut *conn)
     .await
-    .map_err(query_error("load messages"))?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(bot_id, chat_id, position, direction, text, at, legacy_ts)| MessageRow {
-                bot_id,
-                chat_id,
-                position,
-                direction,
-                text,
-                at,
-                legacy_ts,
-            },
-        )
-        .collect())
+    .map_err(query_error("load messages"))
 }
 
 /// The checkpoint of each component that has one.

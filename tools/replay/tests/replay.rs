@@ -362,7 +362,7 @@ async fn rebuild_in_place_keeps_reads_working() {
     stop.store(true, Ordering::SeqCst);
     reader.await.unwrap();
 
-    let errors = errors.lock().unwrap();
+    let errors = errors.lock().unwrap().clone();
     assert!(
         errors.is_empty(),
         "{} reads failed, the first: {:?}",
