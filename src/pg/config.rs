@@ -195,6 +195,14 @@ impl PgConfig {
 }
 
 fn parse_url(variable: &str, url: &str) -> Result<PgConnectOptions, PgError> {
+    // sqlx reads any scheme as Postgres; a MySQL or Redis URL here is a mistake to report.
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(PgError::Config {
+            variable: variable.into(),
+            reason: "not a Postgres URL (expected postgres://user:password@host:port/database)"
+                .into(),
+        });
+    }
     PgConnectOptions::from_str(url)
         .map(|o| o.application_name("hybridstore"))
         .map_err(|e| PgError::Config {

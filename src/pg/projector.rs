@@ -207,6 +207,10 @@ impl Runner {
                     }
                 }
             };
+            // Where the tables stand is already committed (a projector started on caught-up
+            // tables has nothing to do, and `wait_for` must say so).
+            let standing = cursors.values().copied().min().unwrap_or(Position(0));
+            self.status.send_modify(|s| s.committed = standing);
             if cursors.is_empty() {
                 // Nothing to project: wait for the stop.
                 let _ = self.stop.wait_for(|s| *s).await;
