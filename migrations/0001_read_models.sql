@@ -133,8 +133,14 @@ CREATE TABLE analytics_daily_chats (
 -- Where each component's projection stands: every event below `next_position` has taken effect
 -- in the component's tables, and none at or above it. Written in the same transaction as the
 -- rows it describes.
+--
+-- Every component has its row from the start: projectors and rebuilds serialize on these rows
+-- (`SELECT ... FOR UPDATE`), and a row that does not exist yet cannot be locked. A component
+-- added later gets its row in the migration that adds it.
 CREATE TABLE projector_checkpoints (
     component     text        PRIMARY KEY,
     next_position bigint      NOT NULL CHECK (next_position >= 0),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+INSERT INTO projector_checkpoints (component, next_position) VALUES
+    ('users', 0), ('profiles', 0), ('configuration', 0), ('conversations', 0), ('analytics', 0);

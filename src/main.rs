@@ -256,10 +256,14 @@ fn project_command(
                 }
             };
         let mut status = projector.watch();
-        let outcome = tokio::select! {
+        // `None`: interrupted or caught up; `Some(reason)`: the projector stopped on its own.
+        let stopped = tokio::select! {
             _ = tokio::signal::ctrl_c() => None,
             s = status.wait_for(|s| s.stopped.is_some() || (until_caught_up && s.committed >= target)) => {
-                s.ok().map(|s| s.clone())
+                match s {
+                    Ok(s) => s.stopped.clone(),
+                    Err(_) => Some("the projector ended unexpectedly".to_owned()),
+                }
             }
         };
         let last = projector.status();
@@ -268,7 +272,7 @@ fn project_command(
             "project: {} events in {} batches committed; every event below {} is in Postgres",
             last.events, last.batches, last.committed
         ));
-        match outcome.and_then(|s| s.stopped) {
+        match stopped {
             Some(reason) => {
                 eprintln!("error: the projector stopped: {reason}");
                 ExitCode::from(2)

@@ -420,3 +420,66 @@ async fn no_database_is_log_only() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no database configured"));
 }
+
+/// Proves a failure that would repeat (a row that is not a valid entry, changed by hand) stops
+/// the projector with the reason instead of retrying forever, and `project` exits 2 saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deterministic_failure_stops_the_projector() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    append_workload(&store, 300, 14).await;
+    let db = TestDb::create("stops").await;
+    project_all(&store, &db).await;
+    sqlx::query("UPDATE users SET settings = '[1]'")
+        .execute(&db.pool().await)
+        .await
+        .unwrap();
+    // Events for every user of both bots: the next batch loads a broken row.
+    for bot in ["bot_a", "bot_b"] {
+        let bot = hybridstore::BotId::new(bot).unwrap();
+        for user in 1..=20 {
+            store
+                .append(
+                    &hybridstore::StreamId::user(&bot, user),
+                    hybridstore::ExpectedVersion::Any,
+                    vec![hybridstore::NewEvent::new(
+                        hybridstore::events::Event::UserBlocked(hybridstore::events::UserBlocked {
+                            reason: None,
+                        }),
+                    )],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let projector = PgProjector::start(store.clone(), db.pool().await, ProjectorConfig::default())
+        .await
+        .unwrap();
+    let mut status = projector.watch();
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.stopped.is_some()),
+    )
+    .await
+    .expect("the projector must stop, not retry forever")
+    .unwrap()
+    .stopped
+    .clone()
+    .unwrap();
+    assert!(stopped.contains("settings is not an object"), "{stopped}");
+    projector.stop().await;
+    store.close().await.unwrap();
+
+    let output = hybridstore(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "project",
+        "--database-url",
+        &db.url(),
+        "--until-caught-up",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the projector stopped"), "{stderr}");
+    assert!(stderr.contains("not retried"), "{stderr}");
+}

@@ -974,6 +974,79 @@ async fn refused_appends_append_nothing() {
     assert_eq!(stream_versions(&store, &user).await, Vec::<u64>::new());
 }
 
+/// Proves what the read models could not store is refused at append, naming it, and nothing is
+/// appended: a NUL character in a text or inside embedded JSON, a time outside the years 1-9999;
+/// a text that only spells the escape (`\\u0000`) is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstorable_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let stream = conv(40);
+    let user = StreamId::user(&bot(), 40);
+    let nul = |events: Vec<NewEvent>| async {
+        let target = if events[0].event.stream_kind() == StreamKind::User {
+            &user
+        } else {
+            &stream
+        };
+        store.append(target, ExpectedVersion::Any, events).await
+    };
+    for events in [
+        one(received("a\0b")),
+        vec![
+            NewEvent::new(received("fine")),
+            NewEvent::new(received("\0")),
+        ],
+        one(Event::UserSettingsChanged(UserSettingsChanged {
+            settings: json_text(json!({"name": "x\u{0}y"})),
+        })),
+    ] {
+        let error = nul(events).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Input(InputError::NulCharacter { .. })),
+            "{error:?}"
+        );
+    }
+    for (events, field) in [
+        (
+            vec![NewEvent::new(received("old")).at(Timestamp(-62_135_596_800_001))],
+            "occurred_at",
+        ),
+        (
+            one(Event::FollowupScheduled(FollowupScheduled {
+                followup_id: "f".into(),
+                due_at: Timestamp(i64::MAX),
+                reason: "r".into(),
+            })),
+            "due_at",
+        ),
+    ] {
+        let error = nul(events).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Input(InputError::TimestampOutOfRange { field: f, .. }) if f == field),
+            "{error:?}"
+        );
+    }
+    assert_eq!(store.durable_end(), Position(0), "nothing may be appended");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            one(received("a\\u0000b \\\\u0000")),
+        )
+        .await
+        .expect("an escaped backslash before u0000 is plain text");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::new(received("edge")).at(Timestamp(-62_135_596_800_000))],
+        )
+        .await
+        .expect("the first millisecond of year 1 is storable");
+    store.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads
 // ---------------------------------------------------------------------------------------------

@@ -85,14 +85,27 @@ pub enum PgError {
 }
 
 impl PgError {
-    /// Whether retrying later may succeed (the server went away, a connection broke), as opposed
-    /// to a fault that retrying repeats (bad rows, a broken log).
+    /// Whether retrying later may succeed: the server went away, a connection broke, a
+    /// transaction lost a serialization race. Anything else (a value Postgres refuses, a bad row,
+    /// a missing table) fails the same way again, so a projector stops on it instead of looping.
     pub fn is_transient(&self) -> bool {
         match self {
-            PgError::Query { error, .. } => !matches!(
-                error,
-                sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("42") || c.starts_with("22"))
-            ),
+            PgError::Query { error, .. } => match error {
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // Connection exceptions, transaction rollbacks (serialization, deadlock),
+                    // insufficient resources, operator intervention, system errors.
+                    ["08", "40", "53", "57", "58"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }),
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                _ => false,
+            },
             PgError::Connect { .. } | PgError::CheckpointMoved => true,
             _ => false,
         }

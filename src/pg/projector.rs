@@ -89,8 +89,9 @@ impl PgProjector {
     pub async fn start(
         store: Store,
         pool: PgPool,
-        config: ProjectorConfig,
+        mut config: ProjectorConfig,
     ) -> Result<PgProjector, PgError> {
+        config.batch_events_max = config.batch_events_max.max(1);
         super::migrate(&pool).await?;
         let (status_tx, status) = watch::channel(ProjectorStatus::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -100,6 +101,7 @@ impl PgProjector {
             config,
             status: status_tx,
             stop: stop_rx,
+            log_failure: None,
         };
         let task = tokio::spawn(runner.run());
         Ok(PgProjector {
@@ -161,6 +163,9 @@ struct Runner {
     config: ProjectorConfig,
     status: watch::Sender<ProjectorStatus>,
     stop: watch::Receiver<bool>,
+    /// The log could not be read past the pending events: they are projected, then the
+    /// projector stops with this.
+    log_failure: Option<String>,
 }
 
 /// Why the inner loop returned.
@@ -223,14 +228,15 @@ impl Runner {
         }
     }
 
-    /// Logs a failure and sleeps the backoff (doubling it). Returns false if stopped meanwhile.
+    /// Logs a transient failure and sleeps the backoff (doubling it); stops on a failure that
+    /// would repeat. Returns false if the projector stops.
     async fn retry_after(&mut self, error: &PgError, backoff: &mut Duration) -> bool {
         let line = error.to_string();
-        if error.is_transient() {
-            tracing::warn!(error = %line, retry_in_ms = backoff.as_millis() as u64, "Postgres projector failed; retrying");
-        } else {
-            tracing::error!(error = %line, retry_in_ms = backoff.as_millis() as u64, "Postgres projector failed; retrying");
+        if !error.is_transient() {
+            self.stopped(&format!("{line} (not retried: it would fail the same way)"));
+            return false;
         }
+        tracing::warn!(error = %line, retry_in_ms = backoff.as_millis() as u64, "Postgres projector failed; retrying");
         self.status
             .send_modify(|s| s.retrying_after = Some(line.clone()));
         let sleep = *backoff;
@@ -256,6 +262,12 @@ impl Runner {
         };
         let mut pending: Vec<RecordedEvent> = Vec::new();
         loop {
+            if pending.is_empty() {
+                if let Some(failure) = self.log_failure.take() {
+                    self.stopped(&failure);
+                    return Restart::Stop;
+                }
+            }
             if !self.fill(&mut subscription, &mut pending).await {
                 return Restart::Stop;
             }
@@ -331,7 +343,10 @@ impl Runner {
                     self.stopped(&error.to_string());
                     return false;
                 }
-                None => return false,
+                None => {
+                    self.stopped("the store closed");
+                    return false;
+                }
             }
         }
         let deadline = Instant::now() + self.config.batch_delay;
@@ -340,8 +355,8 @@ impl Runner {
             match tokio::time::timeout(left, subscription.next()).await {
                 Ok(Some(Ok(event))) => pending.push(event),
                 Ok(Some(Err(error))) => {
-                    // Project what came before the unreadable record first.
-                    tracing::error!(%error, "the log cannot be read further");
+                    // Project what came before the unreadable record first, then stop.
+                    self.log_failure = Some(error.to_string());
                     break;
                 }
                 Ok(None) | Err(_) => break,
@@ -369,10 +384,15 @@ async fn apply_batch(
     let query = |what| move |error| PgError::Query { what, error };
     let mut tx = pool.begin().await.map_err(query("begin"))?;
     let found = model::checkpoints(&mut tx, true).await?;
-    if active
-        .iter()
-        .any(|c| found.get(&c).copied().unwrap_or(Position(0)) != first)
-    {
+    // Every component has a row (the migration creates them): a missing one could not be
+    // locked against a concurrent rebuild, so it is refused rather than taken as 0.
+    if let Some(missing) = active.iter().find(|c| !found.contains_key(c)) {
+        return Err(PgError::BadRow {
+            table: "projector_checkpoints",
+            reason: format!("no row for the component {missing}"),
+        });
+    }
+    if active.iter().any(|c| found.get(&c) != Some(&first)) {
         return Err(PgError::CheckpointMoved);
     }
     let mut keys = Keys::default();

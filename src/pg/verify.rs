@@ -266,7 +266,11 @@ fn entries(projection: &Projection) -> BTreeMap<String, Value> {
         );
     }
     for (bot, scope, key, value) in projection.config_iter() {
-        out.insert(format!("config_values {bot}/{scope}/{key}"), value.clone());
+        // Scope and key as a JSON array: `a/b` + `c` and `a` + `b/c` stay apart.
+        out.insert(
+            format!("config_values {bot}/{}", json!([scope, key])),
+            value.clone(),
+        );
     }
     for (bot, component, state) in projection.component_states_iter() {
         out.insert(

@@ -170,9 +170,9 @@ impl Wal {
     /// grow while open. Appends fail with [`Error::Closed`].
     ///
     /// The records readable are those of every valid frame at open: a torn tail of the last
-    /// segment ends them (without being cut). Beside a live writer in `always` mode every frame
-    /// but the last one written is known durable (the writer syncs a frame before writing the
-    /// next); the last may still be in its `fdatasync`.
+    /// segment ends them (without being cut). The open `fdatasync`s the last segment after
+    /// scanning it, so every record it returns is durable even beside a live writer whose last
+    /// frames were not synced yet.
     ///
     /// # Errors
     /// [`Error::Corrupt`] where recovery would report corruption; [`Error::Io`] when a call
@@ -609,6 +609,11 @@ fn recover_read_only(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
                 index.note_frame(frame.offset, &frame.frame.header);
             });
             drop(bytes);
+            // Readers must see durable records only. Frames a live writer has written but not
+            // yet synced (its last one; a whole interval in `interval` mode) become durable
+            // here: everything scanned above was written before this `fdatasync` began.
+            file.sync_data()
+                .map_err(|e| Error::io("fdatasync", &path, e))?;
             match scan.outcome {
                 ScanOutcome::Corrupt { offset, kind } => {
                     return Err(Error::Corrupt {

@@ -165,6 +165,9 @@ struct Chunk {
 /// The rebuild's own row in the staging schema.
 #[derive(Debug, Clone, PartialEq)]
 struct State {
+    /// What is rebuilt from what: the live schema, the log's directory, the schema version. A
+    /// resume must match it (another log, or tables of another version, must not be mixed in).
+    source: String,
     components: String,
     from_spec: String,
     from_position: i64,
@@ -202,8 +205,24 @@ pub async fn rebuild(
         .await
         .context("reading the current schema")?;
     ensure!(
-        !live.is_empty() && live.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        "the read models' schema {live:?} is not a plain identifier"
+        !live.is_empty()
+            && live
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "the read models' schema {live:?} is not a plain lower-case identifier"
+    );
+    let version: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .context("reading the schema version")?;
+    let log_dir = config
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| config.data_dir.clone());
+    let source = format!(
+        "schema {live}, log {}, migration {version}",
+        log_dir.display()
     );
     // A connection of its own (not pooled): the rebuild's advisory lock lives and dies with it.
     let mut conn = PgConnection::connect_with(&pool.connect_options())
@@ -212,6 +231,14 @@ pub async fn rebuild(
     lock_out_other_rebuilds(&mut conn).await?;
     let state = match read_state(&mut conn).await? {
         Some(state) if !config.fresh => {
+            if state.source != source {
+                bail!(
+                    "an interrupted replay of another source ({}) is in schema \
+                     {STAGING_SCHEMA}; this one is {source}: finish it from there, or add \
+                     --fresh to discard it",
+                    state.source
+                );
+            }
             let same = state.components == config.components.to_string()
                 && state.from_spec == config.from.to_string()
                 && config
@@ -237,7 +264,7 @@ pub async fn rebuild(
                 Some(to) => to,
                 None => log_end,
             };
-            create_staging(&mut conn, &live, config, to).await?
+            create_staging(&mut conn, &live, &source, config, to).await?
         }
     };
     let from = position_of(state.from_position);
@@ -401,15 +428,16 @@ async fn read_state(conn: &mut PgConnection) -> anyhow::Result<Option<State>> {
     if !exists {
         return Ok(None);
     }
-    let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT components, from_spec, from_position, to_position, next_position FROM \
+    let row: Option<(String, String, String, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT source, components, from_spec, from_position, to_position, next_position FROM \
          {STAGING_SCHEMA}.replay_state"
     ))
     .fetch_optional(&mut *conn)
     .await
     .context("reading the interrupted replay's state")?;
     Ok(row.map(
-        |(components, from_spec, from_position, to_position, next_position)| State {
+        |(source, components, from_spec, from_position, to_position, next_position)| State {
+            source,
             components,
             from_spec,
             from_position,
@@ -424,10 +452,10 @@ async fn read_state(conn: &mut PgConnection) -> anyhow::Result<Option<State>> {
 async fn create_staging(
     conn: &mut PgConnection,
     live: &str,
+    source: &str,
     config: &RebuildConfig,
     to: Position,
 ) -> anyhow::Result<State> {
-    use sqlx::Connection as _;
     let mut tx = conn.begin().await.context("BEGIN")?;
     // One snapshot for the checkpoints and the rows copied under them.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -501,6 +529,7 @@ async fn create_staging(
         }
     }
     let state = State {
+        source: source.to_owned(),
         components: config.components.to_string(),
         from_spec: config.from.to_string(),
         from_position: position_sql(from_position),
@@ -508,16 +537,17 @@ async fn create_staging(
         next_position: position_sql(from_position),
     };
     sqlx::query(&format!(
-        "CREATE TABLE {STAGING_SCHEMA}.replay_state (components text NOT NULL, from_spec text NOT \
-         NULL, from_position bigint NOT NULL, to_position bigint NOT NULL, next_position bigint \
+        "CREATE TABLE {STAGING_SCHEMA}.replay_state (source text NOT NULL, components text NOT \
+         NULL, from_spec text NOT NULL, from_position bigint NOT NULL, to_position bigint NOT NULL, next_position bigint \
          NOT NULL, started_at timestamptz NOT NULL DEFAULT now())"
     ))
     .execute(&mut *tx)
     .await?;
     sqlx::query(&format!(
-        "INSERT INTO {STAGING_SCHEMA}.replay_state (components, from_spec, from_position, \
-         to_position, next_position) VALUES ($1, $2, $3, $4, $5)"
+        "INSERT INTO {STAGING_SCHEMA}.replay_state (source, components, from_spec, \
+         from_position, to_position, next_position) VALUES ($1, $2, $3, $4, $5, $6)"
     ))
+    .bind(&state.source)
     .bind(&state.components)
     .bind(&state.from_spec)
     .bind(state.from_position)
@@ -672,7 +702,6 @@ async fn swap_in(
     components: ComponentSet,
     to: Position,
 ) -> anyhow::Result<u64> {
-    use sqlx::Connection as _;
     let tables: Vec<&str> = components
         .iter()
         .flat_map(|c| component_tables(c).iter().copied())
@@ -680,7 +709,73 @@ async fn swap_in(
     if components.contains(Component::Conversations) {
         finish_messages(conn, live).await?;
     }
+    // The swap waits for the live tables' readers and writers to finish, but not forever: a
+    // long transaction holding them would otherwise queue every later reader behind the swap.
+    let mut attempt = 0;
+    let rows = loop {
+        attempt += 1;
+        match swap_once(conn, live, &tables, components, to).await {
+            Ok(rows) => break rows,
+            Err(error) if attempt < SWAP_ATTEMPTS && is_lock_timeout(&error) => {
+                tracing::warn!(attempt, "the live tables stayed busy; retrying the swap");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(error) if is_lock_timeout(&error) => {
+                return Err(error.context(format!(
+                    "the live tables stayed locked by other sessions through {SWAP_ATTEMPTS} \
+                     attempts; the rebuilt tables wait in {STAGING_SCHEMA}: run the same \
+                     command again to swap them in"
+                )))
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    tracing::info!("swap committed");
+    for table in &tables {
+        // The swap is done; fresh statistics only help the planner, so a failure is a warning.
+        if let Err(error) = sqlx::query(&format!("ANALYZE {live}.{table}"))
+            .execute(&mut *conn)
+            .await
+        {
+            tracing::warn!(table, error = %hybridstore::pg::describe(&error), "ANALYZE failed");
+        }
+    }
+    Ok(rows)
+}
+
+/// Attempts at the swap before giving up (each waits up to [`SWAP_LOCK_WAIT`] for the locks).
+const SWAP_ATTEMPTS: u64 = 5;
+/// How long one attempt at the swap waits for a lock.
+const SWAP_LOCK_WAIT: &str = "5s";
+
+fn is_lock_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "55P03")
+            || cause
+                .downcast_ref::<hybridstore::pg::PgError>()
+                .is_some_and(|e| {
+                    matches!(e, hybridstore::pg::PgError::Query { error, .. }
+                        if error.as_database_error().and_then(|db| db.code()).is_some_and(|c| c == "55P03"))
+                })
+    })
+}
+
+/// One attempt at the swap's transaction.
+async fn swap_once(
+    conn: &mut PgConnection,
+    live: &str,
+    tables: &[&str],
+    components: ComponentSet,
+    to: Position,
+) -> anyhow::Result<u64> {
     let mut tx = conn.begin().await.context("BEGIN")?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_WAIT}'"))
+        .execute(&mut *tx)
+        .await?;
     let counts: Vec<String> = tables
         .iter()
         .map(|t| format!("(SELECT count(*) FROM {STAGING_SCHEMA}.{t})"))
@@ -700,7 +795,8 @@ async fn swap_in(
     .execute(&mut *tx)
     .await
     .context("locking the live tables")?;
-    for table in &tables {
+    for table in tables {
+        copy_grants(&mut tx, live, table).await?;
         sqlx::query(&format!("DROP TABLE {live}.{table}"))
             .execute(&mut *tx)
             .await
@@ -718,14 +814,31 @@ async fn swap_in(
         .await
         .context("dropping the staging schema")?;
     tx.commit().await.context("COMMIT of the swap")?;
-    tracing::info!("swap committed");
-    for table in &tables {
-        sqlx::query(&format!("ANALYZE {live}.{table}"))
+    Ok(u64::try_from(rows).unwrap_or(0))
+}
+
+/// Gives the staging table the privileges other roles hold on the live one (`LIKE` copies
+/// columns, constraints and indexes, not grants), so the bot's readers keep their access.
+async fn copy_grants(conn: &mut PgConnection, live: &str, table: &str) -> anyhow::Result<()> {
+    let grants: Vec<String> = sqlx::query_scalar(
+        "SELECT format('GRANT %s ON %I.%I TO %s', privilege_type, $3::text, table_name, \
+         CASE WHEN grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(grantee) END) FROM \
+         information_schema.role_table_grants WHERE table_schema = $1 AND table_name = $2 AND \
+         grantee <> current_user",
+    )
+    .bind(live)
+    .bind(table)
+    .bind(STAGING_SCHEMA)
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(|| format!("reading the grants on {table}"))?;
+    for grant in grants {
+        sqlx::query(&grant)
             .execute(&mut *conn)
             .await
-            .with_context(|| format!("ANALYZE {table}"))?;
+            .with_context(|| grant.clone())?;
     }
-    Ok(u64::try_from(rows).unwrap_or(0))
+    Ok(())
 }
 
 /// Deletes the messages that clears removed (a rebuild defers that to here) and gives the
@@ -752,7 +865,16 @@ async fn finish_messages(conn: &mut PgConnection, live: &str) -> anyhow::Result<
     .fetch_all(&mut *conn)
     .await
     .context("reading the keys of messages")?;
-    for (name, definition) in &constraints {
+    // A swap that failed after this ran leaves the keys built: a second run skips them.
+    let built: Vec<String> = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = ($1 || '.' || $2)::regclass",
+    )
+    .bind(STAGING_SCHEMA)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading the keys built so far")?;
+    for (name, definition) in constraints.iter().filter(|(n, _)| !built.contains(n)) {
         sqlx::query(&format!(
             "ALTER TABLE {STAGING_SCHEMA}.{table} ADD CONSTRAINT {name} {definition}"
         ))
@@ -773,11 +895,18 @@ async fn finish_messages(conn: &mut PgConnection, live: &str) -> anyhow::Result<
     .await
     .context("reading the indexes of messages")?;
     for definition in indexes {
-        let definition = definition.replacen(
-            &format!(" ON {live}.{table} "),
-            &format!(" ON {STAGING_SCHEMA}.{table} "),
-            1,
-        );
+        let definition = definition
+            .replacen(
+                &format!(" ON {live}.{table} "),
+                &format!(" ON {STAGING_SCHEMA}.{table} "),
+                1,
+            )
+            .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+            .replacen(
+                "CREATE UNIQUE INDEX ",
+                "CREATE UNIQUE INDEX IF NOT EXISTS ",
+                1,
+            );
         sqlx::query(&definition)
             .execute(&mut *conn)
             .await
