@@ -35,3 +35,13 @@ pub use store::{AppendResult, ExpectedVersion, NewEvent, ReadDirection, Store, S
 
 /// The log lives in this subdirectory of the data directory.
 pub const WAL_SUBDIR: &str = "wal";
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors): the binaries' setup.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

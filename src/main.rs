@@ -113,12 +113,7 @@ fn parse_components(list: &str) -> Result<hybridstore::ComponentSet, hybridstore
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hybridstore::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::ImportLegacy {

@@ -51,6 +51,17 @@ async fn differences(db: &TestDb, data_dir: &std::path::Path) -> Vec<String> {
     report.differences.iter().map(ToString::to_string).collect()
 }
 
+/// Every component's checkpoint is `end` and the tables equal the log projection there.
+async fn assert_caught_up(db: &TestDb, data_dir: &std::path::Path, end: Position) {
+    let at = checkpoints(db).await;
+    assert_eq!(at.len(), 5, "{at:?}");
+    assert!(
+        at.iter().all(|(_, p)| *p == end.0 as i64),
+        "{at:?} vs {end}"
+    );
+    assert_eq!(differences(db, data_dir).await, Vec::<String>::new());
+}
+
 async fn checkpoints(db: &TestDb) -> Vec<(String, i64)> {
     sqlx::query_as("SELECT component, next_position FROM projector_checkpoints ORDER BY 1")
         .fetch_all(&db.pool().await)
@@ -93,10 +104,7 @@ async fn projector_equals_log_projection() {
     let end = append_workload(&store, 1500, 7).await;
     let db = TestDb::create("projector").await;
     project_all(&store, &db).await;
-    assert_eq!(differences(&db, dir.path()).await, Vec::<String>::new());
-    let at = checkpoints(&db).await;
-    assert_eq!(at.len(), 5);
-    assert!(at.iter().all(|(_, p)| *p == end.0 as i64), "{at:?}");
+    assert_caught_up(&db, dir.path(), end).await;
 
     // A projector started on caught-up tables knows it is caught up.
     project_all(&store, &db).await;
@@ -104,11 +112,7 @@ async fn projector_equals_log_projection() {
     // More events after a restart of the projector: it resumes from its checkpoints.
     let end = append_workload(&store, 300, 8).await;
     project_all(&store, &db).await;
-    assert_eq!(differences(&db, dir.path()).await, Vec::<String>::new());
-    assert!(checkpoints(&db)
-        .await
-        .iter()
-        .all(|(_, p)| *p == end.0 as i64));
+    assert_caught_up(&db, dir.path(), end).await;
 
     let pool = db.pool().await;
     sqlx::query("ANALYZE messages")
@@ -164,11 +168,7 @@ async fn component_enabled_later_is_backfilled() {
     assert_eq!(profiles, 0, "profiles was not enabled yet");
     let end = append_workload(&store, 200, 10).await;
     project_all(&store, &db).await;
-    assert_eq!(differences(&db, dir.path()).await, Vec::<String>::new());
-    assert!(checkpoints(&db)
-        .await
-        .iter()
-        .all(|(_, p)| *p == end.0 as i64));
+    assert_caught_up(&db, dir.path(), end).await;
     store.close().await.unwrap();
 }
 
@@ -247,11 +247,7 @@ async fn exactly_once_across_kill_9() {
         killed_mid_run >= 3,
         "only {killed_mid_run} kills landed mid-run"
     );
-    assert!(checkpoints(&db)
-        .await
-        .iter()
-        .all(|(_, p)| *p == end.0 as i64));
-    assert_eq!(differences(&db, dir.path()).await, Vec::<String>::new());
+    assert_caught_up(&db, dir.path(), end).await;
     // The same tables as a projection that was never interrupted.
     let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
     let clean = TestDb::create("unkilled").await;
@@ -325,11 +321,7 @@ async fn survives_a_database_outage() {
     );
     assert_eq!(projector.status().retrying_after, None);
     projector.stop().await;
-    assert_eq!(differences(&db, dir.path()).await, Vec::<String>::new());
-    assert!(checkpoints(&db)
-        .await
-        .iter()
-        .all(|(_, p)| *p == end.0 as i64));
+    assert_caught_up(&db, dir.path(), end).await;
     store.close().await.unwrap();
 }
 

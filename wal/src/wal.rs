@@ -126,34 +126,13 @@ impl Wal {
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock_guard = take_lock(&*fs, &dir, &lock_path)?;
         let recovered = recover(&*fs, &dir, &options)?;
-        let published = Published {
-            segments: recovered.segments.clone().into(),
-            durable_end: recovered.end_position,
-            durable_offset: recovered.end_offset,
-            closed: false,
-        };
-        let active = recovered
-            .segments
-            .last()
-            .cloned()
-            .expect("recovery leaves an active segment");
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             dir,
-            fs,
-            queue: Mutex::new(Queue::new(recovered.end_position)),
-            queue_cv: Condvar::new(),
-            io: Mutex::new(ActiveIo::new(
-                active,
-                recovered.end_offset,
-                recovered.end_position,
-            )),
-            published: Mutex::new(published),
-            published_cv: Condvar::new(),
-            listeners: Mutex::new(Vec::new()),
-            syncer: Mutex::new(None),
-            lock: Mutex::new(Some(lock_guard)),
+            recovered,
+            Some(lock_guard),
             options,
-        });
+            false,
+        ));
         if let Durability::Interval(interval) = shared.options.durability {
             let weak = Arc::downgrade(&shared);
             let handle = std::thread::Builder::new()
@@ -181,36 +160,9 @@ impl Wal {
         let dir = dir.as_ref().to_owned();
         let fs = options.fs.clone();
         let recovered = recover_read_only(&*fs, &dir)?;
-        let published = Published {
-            segments: recovered.segments.clone().into(),
-            durable_end: recovered.end_position,
-            durable_offset: recovered.end_offset,
-            closed: true,
-        };
-        let active = recovered
-            .segments
-            .last()
-            .cloned()
-            .expect("a read-only open finds at least one segment");
-        let mut queue = Queue::new(recovered.end_position);
-        queue.closed = true;
-        let shared = Arc::new(Shared {
-            dir,
-            fs,
-            queue: Mutex::new(queue),
-            queue_cv: Condvar::new(),
-            io: Mutex::new(ActiveIo::new(
-                active,
-                recovered.end_offset,
-                recovered.end_position,
-            )),
-            published: Mutex::new(published),
-            published_cv: Condvar::new(),
-            listeners: Mutex::new(Vec::new()),
-            syncer: Mutex::new(None),
-            lock: Mutex::new(None),
-            options,
-        });
+        // Closed from the start: appends fail, readers stop at the end found, and dropping it
+        // writes no marker.
+        let shared = Arc::new(Shared::new(dir, recovered, None, options, true));
         Ok(Wal { shared })
     }
 
@@ -329,6 +281,45 @@ impl Wal {
 }
 
 impl Shared {
+    /// The shared state of a log recovered into `recovered`; `closed` for a read-only one.
+    fn new(
+        dir: PathBuf,
+        recovered: Recovered,
+        lock: Option<Box<dyn LockGuard>>,
+        options: Options,
+        closed: bool,
+    ) -> Shared {
+        let active = recovered
+            .segments
+            .last()
+            .cloned()
+            .expect("recovery leaves at least one segment");
+        let mut queue = Queue::new(recovered.end_position);
+        queue.closed = closed;
+        Shared {
+            dir,
+            fs: options.fs.clone(),
+            queue: Mutex::new(queue),
+            queue_cv: Condvar::new(),
+            io: Mutex::new(ActiveIo::new(
+                active,
+                recovered.end_offset,
+                recovered.end_position,
+            )),
+            published: Mutex::new(Published {
+                segments: recovered.segments.into(),
+                durable_end: recovered.end_position,
+                durable_offset: recovered.end_offset,
+                closed,
+            }),
+            published_cv: Condvar::new(),
+            listeners: Mutex::new(Vec::new()),
+            syncer: Mutex::new(None),
+            lock: Mutex::new(lock),
+            options,
+        }
+    }
+
     pub(crate) fn wait_durable_beyond(&self, position: Position, timeout: Duration) -> Position {
         let deadline = Instant::now() + timeout;
         let mut published = lock(&self.published);
