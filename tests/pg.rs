@@ -256,8 +256,9 @@ async fn exactly_once_across_kill_9() {
     store.close().await.unwrap();
 }
 
-/// Proves a Postgres outage (every connection cut, new ones refused) never fails an append, the
-/// projector reports it and retries, and resumes to tables equal to the log projection.
+/// Proves a Postgres outage (every connection cut, new ones refused) never fails an append or a
+/// log-projection read, the projector reports it and retries, and resumes to tables equal to
+/// the log projection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_database_outage() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,10 +305,20 @@ async fn survives_a_database_outage() {
     proxy.cut();
     let mut saw_retry = false;
     let outage_end = Instant::now() + Duration::from_millis(1200);
+    let mut reads = 0;
     while Instant::now() < outage_end {
         saw_retry |= projector.status().retrying_after.is_some();
+        // Reads of the log projection, read-your-writes included, go on meanwhile.
+        let durable = store.durable_end();
+        let applied = store
+            .read_projection(Some(durable), |p| p.applied_end())
+            .await
+            .expect("a log-projection read during the outage");
+        assert!(applied >= durable);
+        reads += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(reads > 10);
     let committed_during_outage = projector.status().committed;
     proxy.restore();
     writer.await.expect("no append failed during the outage");

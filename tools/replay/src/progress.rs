@@ -6,8 +6,16 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// How often a plain progress line is printed when stderr is not a terminal.
+/// How often a plain progress line is printed when stderr is not a terminal (the environment
+/// variable `HYBRIDSTORE_PROGRESS_INTERVAL_MS` overrides it).
 const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
+
+fn plain_interval() -> Duration {
+    std::env::var("HYBRIDSTORE_PROGRESS_INTERVAL_MS")
+        .ok()
+        .and_then(|ms| ms.trim().parse().ok())
+        .map_or(PLAIN_INTERVAL, Duration::from_millis)
+}
 
 /// Reports how far a replay is.
 #[derive(Debug)]
@@ -20,7 +28,7 @@ pub struct Progress {
 #[derive(Debug)]
 enum Kind {
     Bar(ProgressBar),
-    Plain { last: Instant },
+    Plain { last: Instant, every: Duration },
     Quiet,
 }
 
@@ -42,6 +50,7 @@ impl Progress {
         } else {
             Kind::Plain {
                 last: Instant::now(),
+                every: plain_interval(),
             }
         };
         Progress {
@@ -55,8 +64,8 @@ impl Progress {
     pub fn set(&mut self, done: u64) {
         match &mut self.kind {
             Kind::Bar(bar) => bar.set_position(done),
-            Kind::Plain { last } => {
-                if last.elapsed() >= PLAIN_INTERVAL {
+            Kind::Plain { last, every } => {
+                if last.elapsed() >= *every {
                     *last = Instant::now();
                     eprintln!("{}", self.line(done));
                 }

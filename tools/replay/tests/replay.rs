@@ -782,3 +782,54 @@ async fn resume_refuses_another_log() {
     second.rebuild(&db, &["--fresh"]).await;
     second.verify_equal(&db).await;
 }
+
+/// Proves progress output: plain periodic lines with events/s and ETA when stderr is piped, an
+/// indicatif bar with events/s and ETA on a terminal (run under `script`, which gives it a pty),
+/// nothing with `-q`; the summary line on stdout in every case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_output() {
+    let fixture = Fixture::new(2000, 51).await;
+    let db = TestDb::create("replay_progress").await;
+    let mut piped = fixture.command(&db, &["--chunk-events", "100"]);
+    piped.env("HYBRIDSTORE_PROGRESS_INTERVAL_MS", "1");
+    let piped = run(piped).await;
+    piped.expect_code(0);
+    let lines: Vec<&str> = piped
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("replay: "))
+        .collect();
+    assert!(!lines.is_empty(), "{piped}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" events (") && l.contains("events/s, ETA ")),
+        "{piped}"
+    );
+    assert!(piped.stdout.starts_with("replay: "), "{piped}");
+
+    let quiet = fixture.replay(&db, &["-q"]).await;
+    quiet.expect_code(0);
+    assert_eq!(quiet.stderr, "", "{quiet}");
+
+    // Under a terminal: the bar's template shows the rate and the ETA.
+    let command = format!(
+        "{BIN} --data-dir {} --database-url {} --chunk-events 100",
+        fixture.dir.path().display(),
+        db.url()
+    );
+    let mut under_pty = Command::new("script");
+    under_pty
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let on_terminal = run(under_pty).await;
+    on_terminal.expect_code(0);
+    assert!(
+        on_terminal.stdout.contains("[00:00:0")
+            && on_terminal.stdout.contains("ETA")
+            && on_terminal.stdout.contains("events"),
+        "{on_terminal}"
+    );
+}
