@@ -486,3 +486,44 @@ async fn deterministic_failure_stops_the_projector() {
     assert!(stderr.contains("the projector stopped"), "{stderr}");
     assert!(stderr.contains("not retried"), "{stderr}");
 }
+
+/// Proves `sslmode=verify-full` connects over TLS when the certificate verifies against the
+/// given root and the host name matches (here the server's own certificate, for `localhost`).
+/// A server without TLS, or one that is not local, leaves nothing to check here: the refusals
+/// are proven by `bad_configuration_is_one_line`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verify_full_connects() {
+    let db = TestDb::create("tls").await;
+    let pool = db.pool().await;
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let cert: String = sqlx::query_scalar("SHOW ssl_cert_file")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let host = db.config.connect.get_host().to_owned();
+    let local = ["127.0.0.1", "localhost", "::1"].contains(&host.as_str());
+    if ssl != "on" || !local || !std::path::Path::new(&cert).is_file() {
+        eprintln!("no local TLS server (ssl={ssl}, host {host}, cert {cert}): nothing to check");
+        return;
+    }
+    let url = format!(
+        "postgres://{}@localhost:{}/{}?sslmode=verify-full&sslrootcert={cert}",
+        db.config.connect.get_username(),
+        db.config.connect.get_port(),
+        db.name
+    );
+    let verified = hybridstore::pg::PgConfig::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .expect("verify-full against the server's own certificate");
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&verified)
+            .await
+            .unwrap();
+    assert!(encrypted, "the connection is not encrypted");
+}
