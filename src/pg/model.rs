@@ -145,21 +145,6 @@ impl Keys {
             _ => {}
         }
     }
-
-    /// Whether nothing was noted.
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-            && self.profiles.is_empty()
-            && self.conversations.is_empty()
-            && self.config.is_empty()
-            && self.components.is_empty()
-            && self.days.is_empty()
-    }
-
-    /// Forgets everything noted.
-    pub fn clear(&mut self) {
-        *self = Keys::default();
-    }
 }
 
 /// The entries of `keys` as `projection` has them, in a projection of their own (what a rebuild
@@ -1084,11 +1069,6 @@ impl MessageRows {
                 .map_or(0, |c| counter(c.head.cleared_before.0));
             row.position >= cleared
         });
-    }
-
-    /// How many rows.
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     /// Whether there are none.
