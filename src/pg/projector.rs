@@ -23,10 +23,11 @@ use hybridstore_wal::Position;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::model::{self, Keys, MessageRows, Rows};
+use super::model::{self, MessageRows, Rows};
 use super::PgError;
 use crate::events::RecordedEvent;
 use crate::ids::{Component, ComponentSet};
+use crate::projection::Keys;
 use crate::projection::Projection;
 use crate::store::{Store, Subscription};
 

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use hybridstore::events::RecordedEvent;
 use hybridstore::ids::{Component, ComponentSet};
-use hybridstore::pg::model::{self, component_tables, Keys, MessageRow, Rows};
+use hybridstore::pg::model::{self, component_tables, MessageRow, Rows};
+use hybridstore::projection::keys::{self, Keys};
 use hybridstore::projection::Projection;
 use hybridstore_wal::Position;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -591,7 +592,7 @@ fn produce(
     let mut send = |copy: &mut Vec<u8>, keys: &mut Keys, projection: &Projection, end| {
         let chunk = Chunk {
             copy: std::mem::take(copy),
-            entries: model::subset(projection, keys),
+            entries: keys::subset(projection, keys),
             keys: std::mem::take(keys),
             start,
             end,
