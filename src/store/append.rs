@@ -1,0 +1,207 @@
+//! Appends: what a caller hands in ([`NewEvent`], [`ExpectedVersion`]) and gets back
+//! ([`AppendResult`]), and [`Store::append`].
+
+use hybridstore_wal::Position;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::validate::validate;
+use super::writer::AppendRequest;
+use super::Store;
+use crate::error::{InputError, Result, StoreError};
+use crate::events::{decode_record, Event, StoredEvent};
+use crate::ids::{StreamId, StreamVersion, Timestamp};
+
+/// What an append expects of its stream (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version.
+    Exact(StreamVersion),
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event id (UUIDv7); generated if `None`. Supply it to make retries idempotent.
+    pub event_id: Option<Uuid>,
+    /// An idempotency key, e.g. `tg:{chat}:{message}:in`.
+    pub idempotency_key: Option<String>,
+    /// When it happened; now if `None`.
+    pub occurred_at: Option<Timestamp>,
+    /// The event.
+    pub event: Event,
+}
+
+impl NewEvent {
+    /// An event with a fresh id, happening now.
+    pub fn new(event: Event) -> NewEvent {
+        NewEvent {
+            event_id: None,
+            idempotency_key: None,
+            occurred_at: None,
+            event,
+        }
+    }
+
+    /// Sets the idempotency key.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> NewEvent {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the event id.
+    #[must_use]
+    pub fn with_id(mut self, id: Uuid) -> NewEvent {
+        self.event_id = Some(id);
+        self
+    }
+
+    /// Sets when it happened.
+    #[must_use]
+    pub fn at(mut self, occurred_at: Timestamp) -> NewEvent {
+        self.occurred_at = Some(occurred_at);
+        self
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Position of the first event.
+    pub first_position: Position,
+    /// Position of the last event (pass it as `min_position` to read your writes).
+    pub last_position: Position,
+    /// The stream's version after the append (its last event's version).
+    pub stream_version: StreamVersion,
+}
+
+impl Store {
+    /// Appends `events` to `stream` as one atomic batch.
+    ///
+    /// # Errors
+    /// [`StoreError::Input`] for bad input and [`StoreError::WrongExpectedVersion`] for a
+    /// conflict (both append nothing); [`StoreError::Log`] when the log fails.
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let inner = &self.inner;
+        let keys = validate(stream, &events)?;
+        if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
+            return Ok(original);
+        }
+        let lock = inner
+            .stream_locks
+            .entry(stream.clone())
+            .or_default()
+            .clone();
+        // An owned guard, so that it can travel with the log append below.
+        let guard = lock.lock_owned().await;
+        if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
+            return Ok(original);
+        }
+        let current = inner
+            .indexes
+            .streams
+            .get(stream)
+            .map(|s| s.positions.len() as u64);
+        let actual = current.and_then(|n| n.checked_sub(1)).map(StreamVersion);
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual.is_none(),
+            ExpectedVersion::Exact(version) => actual == Some(version),
+        };
+        if !matches {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual,
+            });
+        }
+        let first_version = current.unwrap_or(0);
+        let recorded_at = Timestamp::now();
+        let mut records = Vec::with_capacity(events.len());
+        for (index, new) in events.iter().enumerate() {
+            let event_id = new.event_id.unwrap_or_else(Uuid::now_v7);
+            let stored = StoredEvent::new(
+                stream,
+                StreamVersion(first_version + index as u64),
+                (index as u32, events.len() as u32),
+                event_id,
+                new.idempotency_key.clone(),
+                recorded_at,
+                new.occurred_at.unwrap_or(recorded_at),
+                &new.event,
+            )
+            .and_then(|mut s| {
+                if new.event_id.is_some() {
+                    s.flags |= crate::events::FLAG_CLIENT_EVENT_ID;
+                }
+                s.encode()
+            })
+            .map_err(|e| StoreError::Task(format!("encoding an event: {e}")))?;
+            // Pair check: never write a record this build cannot read back (a JSON value nested
+            // past the decoder's limit would otherwise stop the projection and every later open).
+            if let Err(error) = decode_record(Position(0), &stored) {
+                return Err(InputError::Unreadable {
+                    index,
+                    reason: error.to_string(),
+                }
+                .into());
+            }
+            if stored.len() > inner.config.event_size_max_bytes {
+                return Err(InputError::EventTooLarge {
+                    index,
+                    event_type: new.event.type_name(),
+                    encoded_len: stored.len(),
+                    max: inner.config.event_size_max_bytes,
+                }
+                .into());
+            }
+            records.push(stored);
+        }
+        let encoded_len: u64 = records.iter().map(|r| r.len() as u64 + 4).sum();
+        let encoded_len_max = inner.wal.options().append_encoded_len_max() / 2;
+        if encoded_len > encoded_len_max {
+            return Err(InputError::AppendTooLarge {
+                encoded_len,
+                max: encoded_len_max,
+            }
+            .into());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = AppendRequest {
+            records,
+            stream: stream.clone(),
+            first_version,
+            event_keys: keys,
+            guard,
+            reply,
+        };
+        // The writer thread appends, updates the indexes and only then releases the stream's
+        // lock: if this caller stops waiting (its future is dropped, e.g. a client disconnects),
+        // the append is still recorded before the stream accepts another append. Otherwise the
+        // next append would reuse the stream version and a retry would append the events twice.
+        let sender = inner
+            .appender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(sender) = sender else {
+            return Err(StoreError::Closed);
+        };
+        sender.send(request).map_err(|_| StoreError::Closed)?;
+        // Hold no sender while waiting: `close` stops the writer once every sender is gone, and
+        // must not wait for a caller that stopped polling.
+        drop(sender);
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,46 @@
+//! [`StoreConfig`] and the store's limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hybridstore_wal::Options as WalOptions;
+
+/// Default limit on one event's encoded size: 1 MiB.
+pub const EVENT_SIZE_MAX_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Most events in one append.
+pub const APPEND_EVENTS_MAX: usize = 1000;
+/// Longest idempotency key.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
+
+/// Configuration of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory; the log lives in `data_dir/wal`.
+    pub data_dir: PathBuf,
+    /// Options of the log (durability, segment size, storage seam).
+    pub wal: WalOptions,
+    /// Largest encoded event accepted.
+    pub event_size_max_bytes: usize,
+    /// Messages kept in memory per conversation; older ones are read from the log.
+    pub conversation_tail_len: usize,
+    /// Longest a read with `min_position` waits for the projection.
+    pub read_wait_max: Duration,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            wal: WalOptions::default(),
+            event_size_max_bytes: EVENT_SIZE_MAX_BYTES_DEFAULT,
+            conversation_tail_len: 50,
+            read_wait_max: Duration::from_secs(2),
+        }
+    }
+
+    /// The log directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join(crate::WAL_SUBDIR)
+    }
+}

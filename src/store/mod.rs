@@ -1,0 +1,232 @@
+//! The [`Store`] handle: appends events to the log and serves reads from the log projection.
+//!
+//! An append, step by step:
+//! 1. Validate the input (stream kind, sizes, keys) — bad input appends nothing.
+//! 2. If an event id or idempotency key was already recorded, return the original result.
+//! 3. Take the stream's lock (appends to different streams proceed in parallel and share the
+//!    log's group commit), check the expected version, encode the envelopes.
+//! 4. Append them to the log as one atomic batch (durable when it returns, in `always` mode).
+//! 5. Record the new stream version, the positions and the dedupe keys; release the lock.
+//!
+//! The projection follows the durable log on its own thread, so reads may lag an append by a few
+//! microseconds; a read that passes `min_position` waits (bounded) until the projection has
+//! applied it.
+//!
+//! # Invariants
+//! - The per-stream index and the dedupe index are derived from the log: rebuilt at open.
+//! - Only durable events reach the projection and subscribers.
+
+mod append;
+mod config;
+mod follow;
+mod indexes;
+mod read;
+mod rebuild;
+mod subscribe;
+mod validate;
+mod writer;
+
+pub use append::{AppendResult, ExpectedVersion, NewEvent};
+pub use config::{
+    StoreConfig, APPEND_EVENTS_MAX, EVENT_SIZE_MAX_BYTES_DEFAULT, IDEMPOTENCY_KEY_LEN_MAX,
+};
+pub use read::ReadDirection;
+pub use subscribe::Subscription;
+pub use validate::{TIMESTAMP_MAX, TIMESTAMP_MIN};
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use dashmap::DashMap;
+use hybridstore_wal::{Position, Wal};
+use tokio::sync::watch;
+
+use crate::error::{Result, StoreError};
+use crate::ids::StreamId;
+use crate::projection::Projection;
+use indexes::Indexes;
+use writer::AppendRequest;
+
+struct Inner {
+    config: StoreConfig,
+    wal: Wal,
+    indexes: Arc<Indexes>,
+    stream_locks: DashMap<StreamId, Arc<tokio::sync::Mutex<()>>, ahash::RandomState>,
+    /// Requests to the writer thread; `None` once closing.
+    appender: Mutex<Option<std::sync::mpsc::Sender<AppendRequest>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    projection: RwLock<Projection>,
+    applied: watch::Sender<Position>,
+    tail_error: Mutex<Option<String>>,
+    shutdown: Arc<AtomicBool>,
+    tailer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The store: cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a rebuild from the log found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildStats {
+    /// Events applied.
+    pub events: u64,
+    /// Position one past the last event.
+    pub end: Position,
+}
+
+impl Store {
+    /// Opens the store: opens (and recovers) the log, rebuilds the indexes and the projection
+    /// from it, and starts following it.
+    ///
+    /// # Errors
+    /// A log error, or [`StoreError::Decode`] naming the position of a record that does not decode
+    /// (an unknown event type is reported, never skipped).
+    pub async fn open(config: StoreConfig) -> Result<Store> {
+        let blocking_config = config.clone();
+        tokio::task::spawn_blocking(move || Store::open_blocking(blocking_config))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// [`Store::open`] for callers outside an async runtime.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_blocking(config: StoreConfig) -> Result<Store> {
+        let wal = Wal::open(config.wal_dir(), config.wal.clone())?;
+        let events = usize::try_from(wal.durable_end().0 - wal.first_position().0).unwrap_or(0);
+        let indexes = Arc::new(Indexes::with_capacity(events));
+        let mut projection = Projection::new(config.conversation_tail_len);
+        let stats = rebuild::rebuild(&wal, &mut projection, Some(&indexes))?;
+        let (appender, requests) = std::sync::mpsc::channel();
+        let writer = {
+            let (wal, indexes) = (wal.clone(), indexes.clone());
+            std::thread::Builder::new()
+                .name("hybridstore-writer".into())
+                .spawn(move || writer::append_loop(&wal, &indexes, &requests))
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        };
+        tracing::info!(events = stats.events, end = %stats.end, "rebuilt the log projection");
+        let (applied, _) = watch::channel(projection.applied_end());
+        let inner = Arc::new(Inner {
+            config,
+            wal,
+            indexes,
+            stream_locks: DashMap::with_hasher(ahash::RandomState::new()),
+            appender: Mutex::new(Some(appender)),
+            writer: Mutex::new(Some(writer)),
+            projection: RwLock::new(projection),
+            applied,
+            tail_error: Mutex::new(None),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            tailer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let from = stats.end;
+        let shutdown = inner.shutdown.clone();
+        let reader = inner.wal.reader(from)?;
+        let handle = std::thread::Builder::new()
+            .name("hybridstore-projector".into())
+            .spawn(move || follow::follow(weak, reader, shutdown))
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        *inner.tailer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(Store { inner })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// Position one past the last durable event.
+    pub fn durable_end(&self) -> Position {
+        self.inner.wal.durable_end()
+    }
+
+    /// Stops following the log and closes it cleanly. Other clones fail afterwards.
+    ///
+    /// # Errors
+    /// A log error from the clean shutdown.
+    pub async fn close(self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.shutdown_blocking())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The error that stopped the projection, if any (a record that does not decode).
+    pub fn projection_error(&self) -> Option<String> {
+        self.inner
+            .tail_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Inner {
+    /// Stops the writer thread after it has finished the appends already handed to it.
+    fn stop_writer(&self) {
+        self.appender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    fn shutdown_blocking(&self) -> Result<()> {
+        self.stop_writer();
+        self.shutdown.store(true, Ordering::Relaxed);
+        // Closing the log first wakes the projector from its wait for new records, so the join
+        // returns at once rather than after the projector's poll interval.
+        let closed = self.wal.clone().close();
+        if let Some(handle) = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+        closed?;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// A store dropped without [`Store::close`] still stops its projector and closes the log, so
+    /// the directory's lock is free for the next open at once.
+    fn drop(&mut self) {
+        self.stop_writer();
+        self.shutdown.store(true, Ordering::Relaxed);
+        // Close the log first: it wakes the projector, so the join below does not wait out the
+        // projector's poll interval.
+        if let Err(error) = self.wal.clone().close() {
+            tracing::warn!(%error, "closing the log on drop failed");
+        }
+        let handle = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            // The projector may itself hold the last reference; it must not join itself.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
