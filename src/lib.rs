@@ -21,8 +21,8 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod legacy;
-pub mod pg;
 pub mod projection;
+pub mod sink;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

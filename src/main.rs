@@ -183,7 +183,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// Connects to the configured database: one line and exit code 2 when it cannot.
 async fn connect(db: &DbArgs) -> Result<sqlx::PgPool, ExitCode> {
-    let config = hybridstore::pg::PgConfig::resolve(db.database_url.as_deref(), true)
+    let config = hybridstore::sink::postgres::PgConfig::resolve(db.database_url.as_deref(), true)
         .map_err(|error| {
             eprintln!("error: {error}");
             ExitCode::from(2)
@@ -206,7 +206,7 @@ fn db_migrate_command(db: &DbArgs) -> ExitCode {
             Ok(pool) => pool,
             Err(code) => return code,
         };
-        match hybridstore::pg::migrate(&pool).await {
+        match hybridstore::sink::postgres::migrate(&pool).await {
             Ok(applied) => {
                 print_line(format_args!("db migrate: {applied} migration(s) applied"));
                 ExitCode::SUCCESS
@@ -236,20 +236,25 @@ fn project_command(
             Ok(pool) => pool,
             Err(code) => return code,
         };
-        let config = hybridstore::pg::ProjectorConfig {
+        let config = hybridstore::sink::postgres::ProjectorConfig {
             components,
             batch_events_max: batch_events,
             ..Default::default()
         };
         let target = store.durable_end();
-        let projector =
-            match hybridstore::pg::PgProjector::start(store.clone(), pool.clone(), config).await {
-                Ok(projector) => projector,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(2);
-                }
-            };
+        let projector = match hybridstore::sink::postgres::PgProjector::start(
+            store.clone(),
+            pool.clone(),
+            config,
+        )
+        .await
+        {
+            Ok(projector) => projector,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        };
         let mut status = projector.watch();
         // `None`: interrupted or caught up; `Some(reason)`: the projector stopped on its own.
         let stopped = tokio::select! {

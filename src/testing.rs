@@ -23,8 +23,8 @@ use crate::events::{
     UserErased, UserIdentityUpdated, UserRegistered, UserSettingsChanged, UserUnblocked,
 };
 use crate::ids::{BotId, Component, MigrationState, StreamId, StreamKind, Timestamp};
-use crate::pg::model::component_tables;
-use crate::pg::PgConfig;
+use crate::sink::postgres::model::component_tables;
+use crate::sink::postgres::PgConfig;
 use crate::store::{ExpectedVersion, NewEvent, Store};
 
 /// 2026-11-18T00:00:00Z: the first day of generated events.
@@ -364,7 +364,7 @@ impl TestDb {
                 panic!(
                     "the tests need Postgres at {} (run tools/test.sh, which starts it): {}",
                     admin.target(),
-                    crate::pg::describe(&e)
+                    crate::sink::postgres::describe(&e)
                 )
             });
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

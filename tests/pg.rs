@@ -5,8 +5,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hybridstore::pg::verify::verify;
-use hybridstore::pg::{PgProjector, ProjectorConfig};
+use hybridstore::sink::postgres::verify::verify;
+use hybridstore::sink::postgres::{PgProjector, ProjectorConfig};
 use hybridstore::testing::{
     append_workload, dump_tables, password_refusing_server, TcpProxy, TestDb,
 };
@@ -343,7 +343,8 @@ async fn survives_a_database_outage() {
 async fn bad_configuration_is_one_line() {
     let refusing = password_refusing_server().await;
     let refusing_url = format!("postgres://bot:wrong@127.0.0.1:{}/bot", refusing.port());
-    let admin = hybridstore::pg::PgConfig::from_url(&hybridstore::testing::admin_url()).unwrap();
+    let admin = hybridstore::sink::postgres::PgConfig::from_url(&hybridstore::testing::admin_url())
+        .unwrap();
     let server = format!(
         "postgres://{}@{}:{}",
         admin.connect.get_username(),
@@ -515,7 +516,7 @@ async fn tls_verify_full_connects() {
         db.config.connect.get_port(),
         db.name
     );
-    let verified = hybridstore::pg::PgConfig::from_url(&url)
+    let verified = hybridstore::sink::postgres::PgConfig::from_url(&url)
         .unwrap()
         .connect()
         .await

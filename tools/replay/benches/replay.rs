@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use common::{env_number, RunMode};
 use criterion::Criterion;
 use futures_util::StreamExt as _;
-use hybridstore::pg::model::component_tables;
-use hybridstore::pg::{PgProjector, ProjectorConfig};
+use hybridstore::sink::postgres::model::component_tables;
+use hybridstore::sink::postgres::{PgProjector, ProjectorConfig};
 use hybridstore::testing::{append_chat_history, TestDb};
 use hybridstore::{Component, ComponentSet, Store, StoreConfig};
 use hybridstore_replay::rebuild::{rebuild, From, Outcome, RebuildConfig, RebuildSummary};
@@ -117,7 +117,9 @@ async fn copy_out(pool: &sqlx::PgPool) -> Vec<(&'static str, Vec<u8>)> {
 /// Times a plain `COPY FROM STDIN` of `tables` into freshly migrated tables.
 async fn copy_in(db: &TestDb, tables: &[(&'static str, Vec<u8>)]) -> Duration {
     let pool = db.pool().await;
-    hybridstore::pg::migrate(&pool).await.expect("migrate");
+    hybridstore::sink::postgres::migrate(&pool)
+        .await
+        .expect("migrate");
     let mut conn = pool.acquire().await.expect("a connection");
     let started = Instant::now();
     for (table, data) in tables {

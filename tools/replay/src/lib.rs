@@ -6,7 +6,7 @@
 //!   swap them in atomically.
 //! - [`progress`]: a progress bar on a terminal, periodic plain lines when piped.
 //!
-//! Verification is the library's `hybridstore::pg::verify` (the projector's tests use it too).
+//! Verification is the library's `hybridstore::sink::postgres::verify` (the projector's tests use it too).
 //! The log is opened read-only (`Wal::open_read_only`), so a rebuild runs beside a live store.
 
 pub mod progress;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hybridstore::pg::verify;
+use hybridstore::sink::postgres::verify;
 use hybridstore::ComponentSet;
 use hybridstore_replay::rebuild::{self, From, Outcome, RebuildConfig};
 
@@ -68,13 +68,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let config = match hybridstore::pg::PgConfig::resolve(cli.database_url.as_deref(), true) {
-        Ok(config) => config.expect("a required configuration is present"),
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        match hybridstore::sink::postgres::PgConfig::resolve(cli.database_url.as_deref(), true) {
+            Ok(config) => config.expect("a required configuration is present"),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        };
     let pool = match config.connect().await {
         Ok(pool) => pool,
         Err(error) => {

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use hybridstore::events::RecordedEvent;
 use hybridstore::ids::{Component, ComponentSet};
-use hybridstore::pg::model::{self, component_tables, MessageRow, Rows};
 use hybridstore::projection::keys::{self, Keys};
 use hybridstore::projection::Projection;
+use hybridstore::sink::postgres::model::{self, component_tables, MessageRow, Rows};
 use hybridstore_wal::Position;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
@@ -198,8 +198,8 @@ pub async fn rebuild(
     ensure!(!config.components.is_empty(), "no component to rebuild");
     ensure!(config.chunk_events > 0, "--chunk-events must be at least 1");
     let started = Instant::now();
-    hybridstore::pg::migrate(pool).await?;
-    let log = hybridstore::pg::verify::open_log(&config.data_dir)?;
+    hybridstore::sink::postgres::migrate(pool).await?;
+    let log = hybridstore::sink::postgres::verify::open_log(&config.data_dir)?;
     let log_end = log.durable_end();
     let live: String = sqlx::query_scalar("SELECT current_schema()")
         .fetch_one(pool)
@@ -411,7 +411,7 @@ async fn lock_out_other_rebuilds(conn: &mut PgConnection) -> anyhow::Result<()> 
     locked.map_err(|e| {
         anyhow::anyhow!(
             "another replay is running on this database (waited {REBUILD_LOCK_WAIT}): {}",
-            hybridstore::pg::describe(&e)
+            hybridstore::sink::postgres::describe(&e)
         )
     })?;
     Ok(())
@@ -576,7 +576,7 @@ fn produce(
     chunk_events: usize,
     sender: &tokio::sync::mpsc::Sender<anyhow::Result<Chunk>>,
 ) {
-    let events = match hybridstore::pg::verify::events(log, from, to) {
+    let events = match hybridstore::sink::postgres::verify::events(log, from, to) {
         Ok(events) => events,
         Err(error) => {
             let _ = sender.blocking_send(Err(error));
@@ -738,7 +738,7 @@ async fn swap_in(
             .execute(&mut *conn)
             .await
         {
-            tracing::warn!(table, error = %hybridstore::pg::describe(&error), "ANALYZE failed");
+            tracing::warn!(table, error = %hybridstore::sink::postgres::describe(&error), "ANALYZE failed");
         }
     }
     Ok(rows)
@@ -757,9 +757,9 @@ fn is_lock_timeout(error: &anyhow::Error) -> bool {
             .and_then(|db| db.code())
             .is_some_and(|code| code == "55P03")
             || cause
-                .downcast_ref::<hybridstore::pg::PgError>()
+                .downcast_ref::<hybridstore::sink::postgres::PgError>()
                 .is_some_and(|e| {
-                    matches!(e, hybridstore::pg::PgError::Query { error, .. }
+                    matches!(e, hybridstore::sink::postgres::PgError::Query { error, .. }
                         if error.as_database_error().and_then(|db| db.code()).is_some_and(|c| c == "55P03"))
                 })
     })

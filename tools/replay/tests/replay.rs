@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hybridstore::pg::{PgProjector, ProjectorConfig};
+use hybridstore::sink::postgres::{PgProjector, ProjectorConfig};
 use hybridstore::testing::{append_workload, dump_tables, password_refusing_server, TestDb};
 use hybridstore::{Component, ComponentSet, Store, StoreConfig};
 use sqlx::PgPool;
@@ -287,10 +287,13 @@ async fn rebuild_equals_projector_and_runs_beside_a_live_store() {
     );
     let projected_pool = projected.pool().await;
     fixture.project(&projected_pool).await;
-    let report =
-        hybridstore::pg::verify::verify(&projected_pool, fixture.dir.path(), ComponentSet::ALL)
-            .await
-            .unwrap();
+    let report = hybridstore::sink::postgres::verify::verify(
+        &projected_pool,
+        fixture.dir.path(),
+        ComponentSet::ALL,
+    )
+    .await
+    .unwrap();
     assert!(report.differences.is_empty(), "{:?}", report.differences);
 
     // The store is still open (it holds the log's lock): the rebuild reads beside it.
