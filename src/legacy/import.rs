@@ -1,320 +1,28 @@
-//! Import of the old bot's JSON files into events, and export of the profile projection back to
-//! them (design §7: the way in, and the rollback path to the old bot).
-//!
-//! # The old layout
-//! - `girls_data/{chat_id}.json`: `{"chat_id", "name", "last_activity", "message_count",
-//!   "summary": {id: text}, "profile": {id: {facts}}, "previous_response_id"}`.
-//! - `conversations/{chat_id}.json`: `[{"ts", "direction": "in" | "out", "text"}, …]`, oldest
-//!   first; `ts` is seconds since the epoch (a number) or a date-time string.
-//!
-//! # Import, per chat (stream `conv-{bot}-{chat}`), in this order
-//! 1. `ProfileCreated` (or `ProfileRenamed`, if a re-run finds the name changed), when a girls
-//!    file exists.
-//! 2. One `ProfileFactsRecorded` per `profile` entry, one `ConversationAnalyzed` per `summary`
-//!    entry.
-//! 3. One `MessageReceived` / `MessageSent` per conversation entry, with the original `ts` kept as
-//!    `legacy_ts` and `occurred_at` taken from it ([`legacy_time`]).
-//! 4. Last, `ProfileLegacyStateImported` with `last_activity`, `message_count` and
-//!    `previous_response_id` exactly as in the file: it replaces the counters the message events
-//!    bumped, so the projected document equals the file.
-//!
-//! A chat is imported whole or not at all as far as its files go: if either of its files is
-//! malformed, the chat is skipped and the file is reported with its reason (a profile without its
-//! messages is a state the old bot never had). Fix the file and run the import again.
-//!
-//! # Idempotency, and how a chat's events are grouped into appends
-//! Every event carries a deterministic idempotency key, `legacy:{bot}:{chat}:{item}`
-//! ([`legacy_key_prefix`]):
-//! - `profile`; `rename:{stream version}:{digest of the name}`;
-//! - `fact:{id}:{digest of the facts}` and `summary:{id}:{digest of the text}`: the digest makes
-//!   an entry the old bot rewrote after a first import count as new (recorded again under the same
-//!   id, it replaces the old one in the projection);
-//! - `msg:{index}`: the old bot only ever appends to a conversation array;
-//! - `state:{digest}`: over the counters, the name and the keys of the facts, summaries and
-//!   messages, so the state is recorded again, and again last, whenever the files changed.
-//!
-//! The store deduplicates a whole append when *any* of its keys is known. One append per chat
-//! holding every key would be atomic, but after the old bot added messages a re-run would get the
-//! original result back for the whole batch and silently drop the new ones; a chat over
-//! [`APPEND_EVENTS_MAX`] events needs several appends anyway. One append per event would resume
-//! correctly but cost an fsync per event. So the importer first reads the chat's stream, learns
-//! which of the chat's keys are recorded, and appends only the missing events, in order, in
-//! appends of up to [`APPEND_EVENTS_MAX`], each expecting the stream's exact version. Hence:
-//! 1. A re-run over unchanged files appends nothing: every key is known ("already imported").
-//! 2. An import stopped between two appends of a chat resumes at the first missing event. The
-//!    state event is in the last append, so it is present only if everything before it is.
-//! 3. Files that grew since a first run (the old bot kept running until the cut-over) add only
-//!    the new entries, then a new state event.
-//! 4. A concurrent writer on the stream makes the exact-version append fail; the importer
-//!    re-reads and re-plans the chat (a few times) instead of interleaving with it.
-//!
-//! Not carried over by a re-run: entries deleted from a file after a first import (no event
-//! removes a fact or a summary) and edits to messages already imported.
+//! Import: the old bot's files into events, resumable and idempotent (see the module docs).
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use hybridstore_wal::Position;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use super::export::blocking;
+use super::*;
 use crate::error::{InputError, StoreError};
 use crate::events::{
     ConversationAnalyzed, Event, JsonText, MessageReceived, MessageSent, ProfileCreated,
     ProfileFactsRecorded, ProfileLegacyStateImported, ProfileRenamed,
 };
-use crate::ids::{BotId, StreamId, StreamVersion, Timestamp, BOT_ID_LEN_MAX};
-use crate::projection::{Direction, MessageView, ProfileDocument};
-use crate::store::{
-    ExpectedVersion, NewEvent, ReadDirection, Store, APPEND_EVENTS_MAX, IDEMPOTENCY_KEY_LEN_MAX,
-};
-
-/// The old bot's directory of profile documents.
-pub const GIRLS_DIR_NAME: &str = "girls_data";
-/// The old bot's directory of conversation logs.
-pub const CONVERSATIONS_DIR_NAME: &str = "conversations";
-
-/// Chats imported concurrently: their appends share the log's group commit (one fsync for many
-/// chats), which is most of an import's time.
-pub const IMPORT_CHATS_IN_FLIGHT_MAX: usize = 16;
-
-/// How often a chat is re-read and re-planned when another writer appends to its stream
-/// meanwhile.
-const APPEND_ATTEMPTS_MAX: u32 = 3;
-
-/// The longest entry id kept as is in an idempotency key; longer ones are replaced by a digest.
-const KEY_ID_LEN_MAX: usize = 64;
-
-/// Text of the longest idempotency key the importer builds: `legacy:{bot}:{chat}:summary:{id}:{digest}`.
-const KEY_LEN_MAX: usize = "legacy:".len()
-    + BOT_ID_LEN_MAX
-    + ":-9223372036854775808:".len()
-    + "summary:".len()
-    + KEY_ID_LEN_MAX
-    + ":".len()
-    + 16;
-const _: () = assert!(KEY_LEN_MAX <= IDEMPOTENCY_KEY_LEN_MAX);
-
-/// How an import or export could not run at all (as opposed to a file it could not import,
-/// which is an [`ImportFailure`] in the report).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LegacyError {
-    /// A directory could not be listed.
-    #[error("cannot read directory {}: {source}", path.display())]
-    ReadDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// An export file or directory could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        /// The file or directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The store failed (the log, not the input): nothing more can be imported or exported.
-    #[error("{}store: {source}", chat_id.map(|c| format!("chat {c}: ")).unwrap_or_default())]
-    Store {
-        /// The chat being worked on, if any.
-        chat_id: Option<i64>,
-        /// Why.
-        #[source]
-        source: StoreError,
-    },
-    /// A background task failed (the runtime is shutting down).
-    #[error("background task failed: {0}")]
-    Task(String),
-}
-
-/// Why a file was not imported.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FileProblem {
-    /// The name is not `{chat_id}.json` with the chat id written as the old bot writes it.
-    #[error("the name is not {{chat_id}}.json (a chat id like 12345 or -100123)")]
-    BadName,
-    /// The file could not be read.
-    #[error("cannot read: {0}")]
-    Read(#[source] io::Error),
-    /// Not JSON at all (truncated, garbage).
-    #[error("invalid JSON: {0}")]
-    InvalidJson(#[source] serde_json::Error),
-    /// JSON, but not in the old bot's layout (missing field, wrong type, unknown field or
-    /// direction). Unknown fields are refused rather than dropped: the export could not give
-    /// them back.
-    #[error("not in the old bot's format: {0}")]
-    Format(#[source] serde_json::Error),
-    /// The file's `chat_id` and its name disagree.
-    #[error("chat_id {in_file} in the file disagrees with the file name's {in_name}")]
-    ChatIdMismatch {
-        /// The chat id inside the file.
-        in_file: i64,
-        /// The chat id of the file's name.
-        in_name: i64,
-    },
-    /// A `profile` entry that is not a JSON object (facts must be one).
-    #[error("profile entry {snapshot_id:?} is not a JSON object")]
-    FactsNotObject {
-        /// The entry's id.
-        snapshot_id: String,
-    },
-    /// The store refused the chat's events (e.g. an event over the size limit); events of the
-    /// chat appended before the refusal stay, and a re-run resumes after them.
-    #[error("the store refused the chat's events: {0}")]
-    Refused(#[source] InputError),
-    /// One of the chat's idempotency keys is recorded on another stream, so the store would not
-    /// append the events.
-    #[error("an idempotency key of this chat is already recorded outside stream {stream}")]
-    KeyRecordedElsewhere {
-        /// The chat's stream.
-        stream: StreamId,
-    },
-    /// Another writer kept appending to the chat's stream during the import.
-    #[error("the stream {stream} kept changing during the import (another writer?); run the import again")]
-    StreamBusy {
-        /// The chat's stream.
-        stream: StreamId,
-    },
-}
-
-/// A file that was not imported, and why.
-#[derive(Debug)]
-pub struct ImportFailure {
-    /// The file.
-    pub path: PathBuf,
-    /// Its chat, when the name says which.
-    pub chat_id: Option<i64>,
-    /// Why.
-    pub problem: FileProblem,
-}
-
-impl fmt::Display for ImportFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.problem)?;
-        if let Some(chat_id) = self.chat_id {
-            write!(f, " (chat {chat_id} not imported)")?;
-        }
-        Ok(())
-    }
-}
-
-/// What an import did.
-#[derive(Debug, Default)]
-pub struct ImportReport {
-    /// Chats found: the union of both directories' `{chat_id}.json` files.
-    pub chats_found: u64,
-    /// Chats with at least one event appended by this run.
-    pub chats_imported: u64,
-    /// Chats whose every event was in the store already.
-    pub chats_unchanged: u64,
-    /// Chats not (or not wholly) imported, by chat id.
-    pub chats_failed: Vec<i64>,
-    /// Events appended by this run.
-    pub events_appended: u64,
-    /// Events that were in the store already (their idempotency key was recorded).
-    pub events_already_imported: u64,
-    /// Files not imported, by path.
-    pub failures: Vec<ImportFailure>,
-}
-
-impl ImportReport {
-    /// True when every file found was imported.
-    pub fn is_complete(&self) -> bool {
-        self.failures.is_empty()
-    }
-}
-
-impl fmt::Display for ImportReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "chats: {} found, {} imported, {} already imported, {} failed; events: {} appended, {} already imported; files failed: {}",
-            self.chats_found,
-            self.chats_imported,
-            self.chats_unchanged,
-            self.chats_failed.len(),
-            self.events_appended,
-            self.events_already_imported,
-            self.failures.len()
-        )
-    }
-}
-
-/// How far an import got; handed to the progress callback after each chat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImportProgress {
-    /// Chats done (imported, unchanged or failed).
-    pub chats_done: u64,
-    /// Chats found.
-    pub chats_total: u64,
-    /// Events appended so far.
-    pub events_appended: u64,
-    /// Events found already imported so far.
-    pub events_already_imported: u64,
-}
-
-/// What an export wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExportReport {
-    /// `girls_data/{chat}.json` files written.
-    pub profiles_written: u64,
-    /// `conversations/{chat}.json` files written.
-    pub conversations_written: u64,
-    /// Messages in those files.
-    pub messages_written: u64,
-}
-
-impl fmt::Display for ExportReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "wrote {} profiles ({GIRLS_DIR_NAME}/) and {} conversations ({CONVERSATIONS_DIR_NAME}/) with {} messages",
-            self.profiles_written, self.conversations_written, self.messages_written
-        )
-    }
-}
-
-/// `girls_data/{chat_id}.json`, as the old bot wrote it. Fields the old bot may not have written
-/// yet default to null or empty.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LegacyProfileFile {
-    chat_id: i64,
-    name: String,
-    #[serde(default)]
-    last_activity: Option<Value>,
-    message_count: u64,
-    #[serde(default)]
-    summary: BTreeMap<String, String>,
-    #[serde(default)]
-    profile: BTreeMap<String, Value>,
-    #[serde(default)]
-    previous_response_id: Option<String>,
-}
-
-/// One entry of `conversations/{chat_id}.json`; also what the export writes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LegacyMessage {
-    ts: Value,
-    direction: Direction,
-    text: String,
-}
+use crate::ids::{BotId, StreamId, StreamVersion, Timestamp};
+use crate::projection::Direction;
+use crate::store::{ExpectedVersion, NewEvent, ReadDirection, Store, APPEND_EVENTS_MAX};
 
 /// The files of one chat.
 #[derive(Debug, Clone)]
-struct ChatFiles {
+pub(super) struct ChatFiles {
     chat_id: i64,
     girls: Option<PathBuf>,
     conversation: Option<PathBuf>,
@@ -322,14 +30,14 @@ struct ChatFiles {
 
 /// The parsed files of one chat.
 #[derive(Debug)]
-struct ChatData {
+pub(super) struct ChatData {
     profile: Option<LegacyProfileFile>,
     messages: Vec<LegacyMessage>,
 }
 
 /// One event the import wants in the store.
 #[derive(Debug, Clone)]
-struct Planned {
+pub(super) struct Planned {
     key: String,
     event: Event,
     occurred_at: Option<Timestamp>,
@@ -339,7 +47,7 @@ struct Planned {
 
 /// What a chat's stream holds already.
 #[derive(Debug, Default)]
-struct StreamState {
+pub(super) struct StreamState {
     /// Its last event's version; `None`: no stream yet.
     version: Option<StreamVersion>,
     /// Idempotency keys of the chat's imported events.
@@ -350,7 +58,7 @@ struct StreamState {
 
 /// What importing one chat did.
 #[derive(Debug, Default)]
-struct ChatOutcome {
+pub(super) struct ChatOutcome {
     appended: u64,
     already: u64,
     failures: Vec<ImportFailure>,
@@ -435,7 +143,7 @@ pub async fn import_legacy(
 
 /// Lists `dir`'s `{chat_id}.json` files into `chats`; other files are reported, hidden files
 /// (editor swap files, an export's temporary files) and directories are skipped.
-fn list_chat_files(
+pub(super) fn list_chat_files(
     dir: &Path,
     conversations: bool,
     chats: &mut BTreeMap<i64, ChatFiles>,
@@ -488,20 +196,23 @@ fn list_chat_files(
 
 /// The chat id of a `{chat_id}.json` name, written as the old bot writes it (so `0123.json` and
 /// `+123.json` cannot pose as a second file of chat 123).
-fn chat_id_from_file_name(name: &OsStr) -> Option<i64> {
+pub(super) fn chat_id_from_file_name(name: &OsStr) -> Option<i64> {
     let stem = name.to_str()?.strip_suffix(".json")?;
     let chat_id: i64 = stem.parse().ok()?;
     (chat_id.to_string() == stem).then_some(chat_id)
 }
 
-fn json_problem(error: serde_json::Error) -> FileProblem {
+pub(super) fn json_problem(error: serde_json::Error) -> FileProblem {
     match error.classify() {
         serde_json::error::Category::Data => FileProblem::Format(error),
         _ => FileProblem::InvalidJson(error),
     }
 }
 
-fn read_profile_file(path: &Path, chat_id: i64) -> Result<LegacyProfileFile, FileProblem> {
+pub(super) fn read_profile_file(
+    path: &Path,
+    chat_id: i64,
+) -> Result<LegacyProfileFile, FileProblem> {
     let bytes = fs::read(path).map_err(FileProblem::Read)?;
     let file: LegacyProfileFile = serde_json::from_slice(&bytes).map_err(json_problem)?;
     if file.chat_id != chat_id {
@@ -518,13 +229,13 @@ fn read_profile_file(path: &Path, chat_id: i64) -> Result<LegacyProfileFile, Fil
     Ok(file)
 }
 
-fn read_conversation_file(path: &Path) -> Result<Vec<LegacyMessage>, FileProblem> {
+pub(super) fn read_conversation_file(path: &Path) -> Result<Vec<LegacyMessage>, FileProblem> {
     let bytes = fs::read(path).map_err(FileProblem::Read)?;
     serde_json::from_slice(&bytes).map_err(json_problem)
 }
 
 /// Reads and checks both files of a chat; every malformed one is reported.
-fn read_chat(files: &ChatFiles) -> Result<ChatData, Vec<ImportFailure>> {
+pub(super) fn read_chat(files: &ChatFiles) -> Result<ChatData, Vec<ImportFailure>> {
     let failure = |path: &Path, problem| ImportFailure {
         path: path.to_path_buf(),
         chat_id: Some(files.chat_id),
@@ -557,7 +268,7 @@ fn read_chat(files: &ChatFiles) -> Result<ChatData, Vec<ImportFailure>> {
 
 /// Imports one chat. `Err` only when the store fails; everything about the chat's files is in the
 /// outcome.
-async fn import_chat(
+pub(super) async fn import_chat(
     store: Store,
     bot: BotId,
     files: ChatFiles,
@@ -670,7 +381,7 @@ async fn import_chat(
 }
 
 /// Reads the chat's stream: its version, the import's keys recorded in it, the profile's name.
-async fn read_stream_state(
+pub(super) async fn read_stream_state(
     store: &Store,
     stream: &StreamId,
     prefix: &str,
@@ -698,7 +409,7 @@ async fn read_stream_state(
 
 /// Every event of the chat, in order, with its key (see the module docs); the caller appends the
 /// ones whose key `stream` does not hold yet.
-fn plan_chat(prefix: &str, data: &ChatData, stream: &StreamState) -> Vec<Planned> {
+pub(super) fn plan_chat(prefix: &str, data: &ChatData, stream: &StreamState) -> Vec<Planned> {
     let mut planned = Vec::new();
     let mut push =
         |key: String, event: Event, occurred_at: Option<Timestamp>, from_conversation: bool| {
@@ -808,7 +519,7 @@ fn plan_chat(prefix: &str, data: &ChatData, stream: &StreamState) -> Vec<Planned
 }
 
 /// An entry id as it appears in a key: as is when short, else `#` and its digest.
-fn key_id(id: &str) -> String {
+pub(super) fn key_id(id: &str) -> String {
     if id.len() <= KEY_ID_LEN_MAX {
         id.to_owned()
     } else {
@@ -816,7 +527,7 @@ fn key_id(id: &str) -> String {
     }
 }
 
-fn digest_str(text: &str) -> Fnv1a {
+pub(super) fn digest_str(text: &str) -> Fnv1a {
     let mut digest = Fnv1a::new();
     digest.write_str(text);
     digest
@@ -826,7 +537,7 @@ fn digest_str(text: &str) -> Fnv1a {
 /// differently would import an entry twice), so it is spelled out here rather than taken from
 /// std's hashers, whose output may change between Rust releases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fnv1a(u64);
+pub(super) struct Fnv1a(u64);
 
 impl Fnv1a {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -891,238 +602,14 @@ impl fmt::Display for Fnv1a {
     }
 }
 
-/// Largest time accepted from a legacy file, in milliseconds either side of the epoch (the range
-/// of JavaScript dates, ±275 760 years): beyond it a `ts` is garbage, not a time.
-const LEGACY_TIME_ABS_MAX_MS: i64 = 8_640_000_000_000_000;
-
-/// When a legacy `ts` (or `last_activity`) happened: a number is seconds since the epoch (the old
-/// bot's `time.time()`, with or without a fraction); a string is RFC 3339, and a date-time
-/// without a zone (Python's naive `isoformat()`) is taken as UTC. `None` for anything else, and
-/// the importer then uses the time of the import.
-pub fn legacy_time(ts: &Value) -> Option<Timestamp> {
-    let ms = match ts {
-        Value::Number(number) => match number.as_i64() {
-            Some(seconds) => seconds.checked_mul(1000)?,
-            None => {
-                let ms = (number.as_f64()? * 1000.0).round();
-                if !ms.is_finite() || ms.abs() > LEGACY_TIME_ABS_MAX_MS as f64 {
-                    return None;
-                }
-                ms as i64
-            }
-        },
-        Value::String(text) => parse_rfc3339(text)?.0,
-        _ => return None,
-    };
-    (ms.abs() <= LEGACY_TIME_ABS_MAX_MS).then_some(Timestamp(ms))
-}
-
-/// Parses `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`; no zone means UTC. Fractions beyond
-/// milliseconds are cut.
-fn parse_rfc3339(text: &str) -> Option<Timestamp> {
-    let bytes = text.as_bytes();
-    let digits = |from: usize, len: usize| -> Option<i64> {
-        let part = bytes.get(from..from + len)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    // The date: fixed width, checked byte by byte so that `parse_date` sees only digits.
-    digits(0, 4)?;
-    digits(5, 2)?;
-    digits(8, 2)?;
-    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
-        return None;
-    }
-    let days = Timestamp::parse_date(text.get(..10)?)?;
-    if !matches!(bytes.get(10), Some(b'T' | b't' | b' ')) {
-        return None;
-    }
-    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
-    if bytes.get(13) != Some(&b':') || bytes.get(16) != Some(&b':') {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    // Everything up to here is ASCII, so byte 19 is a char boundary.
-    let mut rest = text.get(19..)?;
-    let mut millis = 0i64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let len = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if len == 0 {
-            return None;
-        }
-        for (place, digit) in fraction.bytes().take(3).take(len).enumerate() {
-            millis += i64::from(digit - b'0') * [100, 10, 1][place];
-        }
-        rest = &fraction[len..];
-    }
-    let offset_minutes = match rest {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let zone_at = text.len() - rest.len();
-            let sign = match bytes.get(zone_at) {
-                Some(b'+') => 1,
-                Some(b'-') => -1,
-                _ => return None,
-            };
-            let (hours, minutes) = (digits(zone_at + 1, 2)?, digits(zone_at + 4, 2)?);
-            if rest.len() != 6
-                || bytes.get(zone_at + 3) != Some(&b':')
-                || hours > 23
-                || minutes > 59
-            {
-                return None;
-            }
-            sign * (hours * 60 + minutes)
-        }
-    };
-    let seconds_of_day = hour * 3600 + minute * 60 + second;
-    Some(Timestamp(
-        days * 86_400_000 + seconds_of_day * 1000 + millis - offset_minutes * 60_000,
-    ))
-}
-
-/// Writes `bot`'s profiles and conversations in the old bot's layout:
-/// `out_dir/girls_data/{chat}.json` (the projected [`ProfileDocument`]) and
-/// `out_dir/conversations/{chat}.json` (`[{ts, direction, text}]`, `ts` as imported, or seconds
-/// since the epoch for messages the store recorded itself). Each file is replaced atomically
-/// (written to a hidden temporary file, synced, renamed); files of other chats in `out_dir` are
-/// left alone, so the old bot's own directory can be the target.
-///
-/// The export covers everything durable when it starts. A conversation file is written for every
-/// chat that ever had a message (`[]` after its history was cleared), not for a profile alone.
-///
-/// # Errors
-/// [`LegacyError::Write`] for a file or directory that cannot be written,
-/// [`LegacyError::Store`] when the log cannot be read.
-pub async fn export_legacy(
-    store: &Store,
-    bot: &BotId,
-    out_dir: &Path,
-) -> Result<ExportReport, LegacyError> {
-    let store_error = |chat_id| {
-        move |source| LegacyError::Store {
-            chat_id: Some(chat_id),
-            source,
-        }
-    };
-    let end = store.durable_end();
-    let min_position = end.0.checked_sub(1).map(Position);
-    let (profiles, conversations) = store
-        .read_projection(min_position, |p| {
-            let profiles: Vec<ProfileDocument> = p.profiles(bot).into_values().cloned().collect();
-            let conversations: Vec<(i64, u64)> = p
-                .conversation_chats(bot)
-                .into_iter()
-                .filter_map(|chat_id| {
-                    let head = p.conversation(bot, chat_id)?.head;
-                    let count = head.messages_in + head.messages_out;
-                    (count > 0).then_some((chat_id, count))
-                })
-                .collect();
-            (profiles, conversations)
-        })
-        .await
-        .map_err(|source| LegacyError::Store {
-            chat_id: None,
-            source,
-        })?;
-
-    let girls_dir = out_dir.join(GIRLS_DIR_NAME);
-    let conversations_dir = out_dir.join(CONVERSATIONS_DIR_NAME);
-    for dir in [&girls_dir, &conversations_dir] {
-        let dir = dir.clone();
-        blocking(move || {
-            fs::create_dir_all(&dir).map_err(|source| LegacyError::Write { path: dir, source })
-        })
-        .await??;
-    }
-    let mut report = ExportReport::default();
-    for document in profiles {
-        let path = girls_dir.join(format!("{}.json", document.chat_id));
-        write_json_atomic(path, &document).await?;
-        report.profiles_written += 1;
-    }
-    for (chat_id, count) in conversations {
-        let stream = StreamId::conversation(bot, chat_id);
-        let limit = usize::try_from(count).unwrap_or(usize::MAX);
-        let messages = store
-            .last_messages(&stream, limit, min_position)
-            .await
-            .map_err(store_error(chat_id))?;
-        let entries: Vec<LegacyMessage> = messages.into_iter().map(legacy_message).collect();
-        report.messages_written += entries.len() as u64;
-        let path = conversations_dir.join(format!("{chat_id}.json"));
-        write_json_atomic(path, &entries).await?;
-        report.conversations_written += 1;
-    }
-    for dir in [girls_dir, conversations_dir] {
-        blocking(move || sync_dir(&dir).map_err(|source| LegacyError::Write { path: dir, source }))
-            .await??;
-    }
-    Ok(report)
-}
-
-/// A message in the old layout: `ts` as imported, else seconds since the epoch.
-fn legacy_message(message: MessageView) -> LegacyMessage {
-    let ts = message
-        .legacy_ts
-        .unwrap_or_else(|| Value::from(message.at.0 as f64 / 1000.0));
-    LegacyMessage {
-        ts,
-        direction: message.direction,
-        text: message.text.to_string(),
-    }
-}
-
-async fn write_json_atomic(path: PathBuf, value: &impl Serialize) -> Result<(), LegacyError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| LegacyError::Task(format!("encoding {}: {e}", path.display())))?;
-    bytes.push(b'\n');
-    blocking(move || {
-        replace_file(&path, &bytes).map_err(|source| LegacyError::Write { path, source })
-    })
-    .await?
-}
-
-/// Replaces `path` with `bytes`: written to a hidden temporary file beside it, synced, renamed
-/// over it. A crash leaves the old file or the new one, never a mix (the directory is synced once
-/// at the end of the export).
-fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, LegacyError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LegacyError::Task(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+    use std::fs;
+
+    use super::super::time::*;
     use super::*;
+    use crate::ids::{BotId, BOT_ID_LEN_MAX};
     use serde_json::json;
 
     /// Proves the key digest is FNV-1a 64 and stays so: keys already in logs depend on it.
