@@ -9,14 +9,12 @@
 //! - [`projection`]: the in-memory read models (the embedded default's read path).
 //! - [`pg`]: the Postgres read models, their migrations and the live projector.
 //! - [`legacy`]: import of the old bot's JSON files, and export back to them.
-//! - [`demo`]: the `hybridstore demo` command.
 //! - [`error`]: input and store errors.
 //! - `testing` (feature `testing`): shared test support — event generators, a database per
 //!   test, a TCP proxy for outages.
 //!
 //! The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is `hybridstore-audit`.
 
-pub mod demo;
 pub mod error;
 pub mod events;
 pub mod ids;

@@ -5,11 +5,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use hybridstore::demo::{CONFIG_KEY_REPLY_MODEL, CONFIG_SCOPE, DEMO_BOT_ID, FIRST_CHAT_ID};
 use hybridstore::events::Event;
 use hybridstore::projection::Direction;
 use hybridstore::{BotId, Store, StoreConfig, StreamId};
 use hybridstore_wal::Position;
+
+// What the demo writes, as `src/bin/hybridstore/demo.rs` defines it (the demo is part of the
+// binary, not the library, so the test states the values it checks).
+const DEMO_BOT_ID: &str = "demo";
+const FIRST_CHAT_ID: i64 = 100_000;
+const CONFIG_SCOPE: &str = "global";
+const CONFIG_KEY_REPLY_MODEL: &str = "reply_model";
+const REPLY_MODEL: &str = "demo-llm-1";
 
 fn demo(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hybridstore"))
@@ -124,7 +131,7 @@ fn demo_runs_log_only_and_leaves_decodable_events() {
             projection
                 .config_value(&bot, CONFIG_SCOPE, CONFIG_KEY_REPLY_MODEL)
                 .and_then(|v| v.as_str()),
-            Some(hybridstore::demo::REPLY_MODEL)
+            Some(REPLY_MODEL)
         );
         store.close().await.unwrap();
     });

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hybridstore::demo::{self, DemoConfig};
+mod demo;
+
+use demo::DemoConfig;
 
 #[derive(Debug, Parser)]
 #[command(

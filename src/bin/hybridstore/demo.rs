@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use hybridstore_wal::Position;
 
-use crate::events::{
+use hybridstore::events::{
     ConfigValueSet, ConversationAnalyzed, Event, Generation, JsonText, MessageReceived,
     MessageSent, ProfileCreated, ProfileFactsRecorded,
 };
-use crate::ids::{BotId, StreamId};
-use crate::projection::Projection;
-use crate::store::{ExpectedVersion, NewEvent, Store, StoreConfig};
+use hybridstore::ids::{BotId, StreamId};
+use hybridstore::projection::Projection;
+use hybridstore::store::{ExpectedVersion, NewEvent, Store, StoreConfig};
 
 /// The bot the demo plays.
 pub const DEMO_BOT_ID: &str = "demo";
@@ -84,7 +84,7 @@ impl DemoConfig {
             self.exchanges_per_chat,
             self.handlers
                 .min(usize::try_from(self.chats).unwrap_or(usize::MAX)),
-            data_dir.join(crate::WAL_SUBDIR).display()
+            data_dir.join(hybridstore::WAL_SUBDIR).display()
         )
     }
 }
@@ -215,7 +215,7 @@ impl fmt::Display for DemoReport {
             f,
             "data dir: {} (the log is in {})",
             absolute.display(),
-            absolute.join(crate::WAL_SUBDIR).display()
+            absolute.join(hybridstore::WAL_SUBDIR).display()
         )?;
         writeln!(
             f,
