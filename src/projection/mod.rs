@@ -23,10 +23,12 @@ mod analytics;
 mod conversations;
 pub mod keys;
 mod profiles;
+mod replay;
 mod users;
 mod views;
 
 pub use keys::Keys;
+pub use replay::replay_log;
 pub use views::{
     ConversationHead, ConversationView, DailyCounters, Direction, MessageView, ProfileDocument,
     UserView,

@@ -84,6 +84,10 @@ pub struct AppendResult {
 impl Store {
     /// Appends `events` to `stream` as one atomic batch.
     ///
+    /// The steps: validate the input; answer a retry with the original result; take the stream's
+    /// lock and check the expected version; encode the envelopes; hand them to the writer thread,
+    /// which appends them in the next group commit and answers.
+    ///
     /// # Errors
     /// [`StoreError::Input`] for bad input and [`StoreError::WrongExpectedVersion`] for a
     /// conflict (both append nothing); [`StoreError::Log`] when the log fails.
@@ -105,10 +109,28 @@ impl Store {
             .clone();
         // An owned guard, so that it can travel with the log append below.
         let guard = lock.lock_owned().await;
+        // A retry that raced the original past the first check finds it recorded now.
         if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
             return Ok(original);
         }
-        let current = inner
+        let first_version = self.check_expected(stream, expected)?;
+        let records = self.encode_records(stream, first_version, &events)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = AppendRequest {
+            records,
+            stream: stream.clone(),
+            first_version,
+            event_keys: keys,
+            guard,
+            reply,
+        };
+        self.hand_to_writer(request, answer).await
+    }
+
+    /// The version the append's first event gets, if the stream is where `expected` says.
+    fn check_expected(&self, stream: &StreamId, expected: ExpectedVersion) -> Result<u64> {
+        let current = self
+            .inner
             .indexes
             .streams
             .get(stream)
@@ -126,7 +148,18 @@ impl Store {
                 actual,
             });
         }
-        let first_version = current.unwrap_or(0);
+        Ok(current.unwrap_or(0))
+    }
+
+    /// The log records of the append: one encoded envelope per event, each checked to decode
+    /// back and to fit the size limits.
+    fn encode_records(
+        &self,
+        stream: &StreamId,
+        first_version: u64,
+        events: &[NewEvent],
+    ) -> Result<Vec<Vec<u8>>> {
+        let config = &self.inner.config;
         let recorded_at = Timestamp::now();
         let mut records = Vec::with_capacity(events.len());
         for (index, new) in events.iter().enumerate() {
@@ -157,19 +190,19 @@ impl Store {
                 }
                 .into());
             }
-            if stored.len() > inner.config.event_size_max_bytes {
+            if stored.len() > config.event_size_max_bytes {
                 return Err(InputError::EventTooLarge {
                     index,
                     event_type: new.event.type_name(),
                     encoded_len: stored.len(),
-                    max: inner.config.event_size_max_bytes,
+                    max: config.event_size_max_bytes,
                 }
                 .into());
             }
             records.push(stored);
         }
         let encoded_len: u64 = records.iter().map(|r| r.len() as u64 + 4).sum();
-        let encoded_len_max = inner.wal.options().append_encoded_len_max() / 2;
+        let encoded_len_max = self.inner.wal.options().append_encoded_len_max() / 2;
         if encoded_len > encoded_len_max {
             return Err(InputError::AppendTooLarge {
                 encoded_len,
@@ -177,20 +210,22 @@ impl Store {
             }
             .into());
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = AppendRequest {
-            records,
-            stream: stream.clone(),
-            first_version,
-            event_keys: keys,
-            guard,
-            reply,
-        };
-        // The writer thread appends, updates the indexes and only then releases the stream's
-        // lock: if this caller stops waiting (its future is dropped, e.g. a client disconnects),
-        // the append is still recorded before the stream accepts another append. Otherwise the
-        // next append would reuse the stream version and a retry would append the events twice.
-        let sender = inner
+        Ok(records)
+    }
+
+    /// Hands an append to the writer thread and waits for its answer.
+    ///
+    /// The writer thread appends, updates the indexes and only then releases the stream's lock:
+    /// if this caller stops waiting (its future is dropped, e.g. a client disconnects), the
+    /// append is still recorded before the stream accepts another append. Otherwise the next
+    /// append would reuse the stream version and a retry would append the events twice.
+    async fn hand_to_writer(
+        &self,
+        request: AppendRequest,
+        answer: tokio::sync::oneshot::Receiver<Result<AppendResult>>,
+    ) -> Result<AppendResult> {
+        let sender = self
+            .inner
             .appender
             .lock()
             .unwrap_or_else(|p| p.into_inner())

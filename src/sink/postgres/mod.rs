@@ -82,6 +82,23 @@ pub enum PgError {
     /// Reading the log failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A data directory without a log.
+    #[error("no log in {} (expected a directory {})", dir.parent().map_or_else(|| dir.display().to_string(), |p| p.display().to_string()), dir.display())]
+    NoLog {
+        /// Where the log was looked for.
+        dir: std::path::PathBuf,
+    },
+    /// A component's checkpoint stands past the end of the log: the tables were not projected
+    /// from this log (or from a longer copy of it).
+    #[error("the {component} checkpoint ({checkpoint}) is beyond the end of the log ({log_end}): this database does not belong to this log")]
+    CheckpointBeyondLog {
+        /// The component.
+        component: crate::ids::Component,
+        /// Its checkpoint.
+        checkpoint: hybridstore_wal::Position,
+        /// The log's durable end.
+        log_end: hybridstore_wal::Position,
+    },
 }
 
 impl PgError {

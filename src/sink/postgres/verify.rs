@@ -7,56 +7,28 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-
+use std::ops::ControlFlow;
 use std::path::Path;
 
-use anyhow::Context as _;
 use hybridstore_wal::{Options, Position, Wal};
 use serde_json::{json, Value};
 use sqlx::{Connection as _, PgPool};
 
 use super::model::{self, MessageRow, Rows};
-use crate::events::{decode_record, RecordedEvent};
+use super::PgError;
 use crate::ids::{Component, ComponentSet};
-use crate::projection::Projection;
+use crate::projection::{replay_log, Projection};
 
 /// Opens the log of a data directory read-only (beside a live store, if one runs).
 ///
 /// # Errors
-/// When the directory holds no readable log.
-pub fn open_log(data_dir: &Path) -> anyhow::Result<Wal> {
+/// [`PgError::NoLog`] when the directory holds no log, [`PgError::Store`] when it cannot be read.
+pub fn open_log(data_dir: &Path) -> Result<Wal, PgError> {
     let dir = data_dir.join(crate::WAL_SUBDIR);
     if !dir.is_dir() {
-        anyhow::bail!(
-            "no log in {} (expected {})",
-            data_dir.display(),
-            dir.display()
-        );
+        return Err(PgError::NoLog { dir });
     }
-    Wal::open_read_only(&dir, Options::default())
-        .with_context(|| format!("cannot open the log in {}", dir.display()))
-}
-
-/// Iterates the decoded events of `log` in `from..to`.
-///
-/// # Errors
-/// When `from` is not in the log; each item fails when a record cannot be read or decoded.
-pub fn events(
-    log: &Wal,
-    from: Position,
-    to: Position,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<RecordedEvent>>> {
-    let reader = log
-        .reader(from)
-        .with_context(|| format!("cannot read the log from position {from}"))?;
-    Ok(reader
-        .take_while(move |r| r.as_ref().map_or(true, |r| r.position < to))
-        .map(|record| {
-            let record = record.context("reading the log")?;
-            decode_record(record.position, &record.data).with_context(|| {
-                format!("the event at position {} does not decode", record.position)
-            })
-        }))
+    Wal::open_read_only(&dir, Options::default()).map_err(|e| PgError::Store(e.into()))
 }
 
 /// One difference between Postgres and the log.
@@ -126,14 +98,16 @@ pub async fn verify(
     pool: &PgPool,
     data_dir: &Path,
     components: ComponentSet,
-) -> anyhow::Result<VerifyReport> {
+) -> Result<VerifyReport, PgError> {
     let log = open_log(data_dir)?;
     let log_end = log.durable_end();
-    let mut conn = pool.acquire().await.context("connecting")?;
-    let mut tx = conn.begin().await.context("BEGIN")?;
+    let query = |what| move |error| PgError::Query { what, error };
+    let mut conn = pool.acquire().await.map_err(query("connect"))?;
+    let mut tx = conn.begin().await.map_err(query("begin"))?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(query("set isolation"))?;
     let checkpoints = model::checkpoints(&mut tx, false).await?;
     let mut stored = Projection::with_components(0, components);
     model::load(&mut tx, Rows::All, &mut stored).await?;
@@ -147,17 +121,19 @@ pub async fn verify(
     } else {
         Vec::new()
     };
-    tx.commit().await.context("COMMIT")?;
+    tx.commit().await.map_err(query("commit"))?;
 
     let mut groups: HashMap<Position, ComponentSet> = HashMap::new();
     let mut report = VerifyReport::default();
     for component in components.iter() {
         let at = checkpoints.get(&component).copied().unwrap_or(Position(0));
-        anyhow::ensure!(
-            at <= log_end,
-            "the {component} checkpoint ({at}) is beyond the end of the log ({log_end}): this \
-             database does not belong to this log"
-        );
+        if at > log_end {
+            return Err(PgError::CheckpointBeyondLog {
+                component,
+                checkpoint: at,
+                log_end,
+            });
+        }
         report.checkpoints.push((component, at));
         let set = groups.entry(at).or_default();
         *set = set.with(component);
@@ -167,13 +143,19 @@ pub async fn verify(
     for (at, set) in groups {
         let mut projection = Projection::with_components(0, set);
         let mut group_messages = Vec::new();
-        for event in events(&log, Position(0), at)? {
-            let event = event?;
-            if set.contains(Component::Conversations) {
-                group_messages.extend(MessageRow::from_event(&event));
-            }
-            projection.apply_owned(event);
-        }
+        replay_log(
+            &log,
+            Position(0),
+            Some(at),
+            |_| {},
+            |event| {
+                if set.contains(Component::Conversations) {
+                    group_messages.extend(MessageRow::from_event(&event));
+                }
+                projection.apply_owned(event);
+                ControlFlow::Continue(())
+            },
+        )?;
         // Messages of a chat below its last clear are gone from the table too.
         group_messages.retain(|row: &MessageRow| {
             let cleared = crate::BotId::new(row.bot_id.as_str())

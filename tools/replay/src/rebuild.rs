@@ -19,14 +19,14 @@
 
 use std::fmt;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use hybridstore::events::RecordedEvent;
 use hybridstore::ids::{Component, ComponentSet};
 use hybridstore::projection::keys::{self, Keys};
-use hybridstore::projection::Projection;
+use hybridstore::projection::{replay_log, Projection};
 use hybridstore::sink::postgres::model::{self, component_tables, MessageRow, Rows};
 use hybridstore_wal::Position;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -576,54 +576,47 @@ fn produce(
     chunk_events: usize,
     sender: &tokio::sync::mpsc::Sender<anyhow::Result<Chunk>>,
 ) {
-    let events = match hybridstore::sink::postgres::verify::events(log, from, to) {
-        Ok(events) => events,
-        Err(error) => {
-            let _ = sender.blocking_send(Err(error));
-            return;
-        }
-    };
     let messages = components.contains(Component::Conversations);
     let mut keys = Keys::default();
     let mut copy = Vec::new();
     let mut count = 0usize;
     let mut chunk_started = Instant::now();
     let mut start = from;
-    let mut send = |copy: &mut Vec<u8>, keys: &mut Keys, projection: &Projection, end| {
-        let chunk = Chunk {
-            copy: std::mem::take(copy),
-            entries: keys::subset(projection, keys),
-            keys: std::mem::take(keys),
-            start,
-            end,
-        };
-        start = end;
-        sender.blocking_send(Ok(chunk)).is_ok()
-    };
-    for event in events {
-        let event: RecordedEvent = match event {
-            Ok(event) => event,
-            Err(error) => {
-                let _ = sender.blocking_send(Err(error));
-                return;
+    let replayed = replay_log(
+        log,
+        from,
+        Some(to),
+        |_| {},
+        |event| {
+            keys.note(&event, components);
+            if messages {
+                if let Some(row) = MessageRow::from_event(&event) {
+                    encode_copy_row(&mut copy, &row);
+                }
             }
-        };
-        keys.note(&event, components);
-        if messages {
-            if let Some(row) = MessageRow::from_event(&event) {
-                encode_copy_row(&mut copy, &row);
+            let end = event.position.advance(1);
+            projection.apply_owned(event);
+            count += 1;
+            if count >= chunk_events || chunk_started.elapsed() >= CHUNK_INTERVAL || end == to {
+                let chunk = Chunk {
+                    copy: std::mem::take(&mut copy),
+                    entries: keys::subset(&projection, &keys),
+                    keys: std::mem::take(&mut keys),
+                    start,
+                    end,
+                };
+                start = end;
+                if sender.blocking_send(Ok(chunk)).is_err() {
+                    return ControlFlow::Break(());
+                }
+                count = 0;
+                chunk_started = Instant::now();
             }
-        }
-        let end = event.position.advance(1);
-        projection.apply_owned(event);
-        count += 1;
-        if count >= chunk_events || chunk_started.elapsed() >= CHUNK_INTERVAL || end == to {
-            if !send(&mut copy, &mut keys, &projection, end) {
-                return;
-            }
-            count = 0;
-            chunk_started = Instant::now();
-        }
+            ControlFlow::Continue(())
+        },
+    );
+    if let Err(error) = replayed {
+        let _ = sender.blocking_send(Err(anyhow::Error::new(error).context("reading the log")));
     }
 }
 
