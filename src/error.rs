@@ -106,23 +106,6 @@ pub enum InputError {
         /// Which field.
         field: &'static str,
     },
-    /// A text holds the character U+0000, which PostgreSQL cannot store (neither in text nor in
-    /// jsonb): accepted, it would stop the Postgres projection.
-    #[error("event {index} ({event_type}) holds a NUL character (U+0000), which the read models cannot store")]
-    NulCharacter {
-        /// Index of the event in the append.
-        index: usize,
-        /// Its type.
-        event_type: &'static str,
-    },
-    /// A time outside the years 1 to 9999 (what every read model can store).
-    #[error("{field} {value_ms} ms since the epoch is outside the years 1 to 9999")]
-    TimestampOutOfRange {
-        /// Which time.
-        field: &'static str,
-        /// The value.
-        value_ms: i64,
-    },
 }
 
 /// Every way a store operation can fail.

@@ -974,76 +974,148 @@ async fn refused_appends_append_nothing() {
     assert_eq!(stream_versions(&store, &user).await, Vec::<u64>::new());
 }
 
-/// Proves what the read models could not store is refused at append, naming it, and nothing is
-/// appended: a NUL character in a text or inside embedded JSON, a time outside the years 1-9999;
-/// a text that only spells the escape (`\\u0000`) is fine.
+/// Proves the log holds what the bot had: U+0000 in every kind of text (message, name, summary,
+/// facts, settings, configuration) and the earliest and latest times are appended, projected and
+/// read back unchanged, also after a reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unstorable_values_are_refused() {
+async fn the_log_holds_nul_characters_and_any_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_dir(dir.path()).await;
     let stream = conv(40);
     let user = StreamId::user(&bot(), 40);
-    let nul = |events: Vec<NewEvent>| async {
-        let target = if events[0].event.stream_kind() == StreamKind::User {
-            &user
-        } else {
-            &stream
-        };
-        store.append(target, ExpectedVersion::Any, events).await
-    };
-    for events in [
-        one(received("a\0b")),
-        vec![
-            NewEvent::new(received("fine")),
-            NewEvent::new(received("\0")),
-        ],
-        one(Event::UserSettingsChanged(UserSettingsChanged {
-            settings: json_text(json!({"name": "x\u{0}y"})),
-        })),
-    ] {
-        let error = nul(events).await.unwrap_err();
-        assert!(
-            matches!(error, StoreError::Input(InputError::NulCharacter { .. })),
-            "{error:?}"
-        );
-    }
-    for (events, field) in [
-        (
-            vec![NewEvent::new(received("old")).at(Timestamp(-62_135_596_800_001))],
-            "occurred_at",
-        ),
-        (
-            one(Event::FollowupScheduled(FollowupScheduled {
-                followup_id: "f".into(),
-                due_at: Timestamp(i64::MAX),
-                reason: "r".into(),
+    let nul_facts = json!({"note\u{0}key": "x\u{0}y", "list": ["\u{0}"]});
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new(Event::ProfileCreated(ProfileCreated {
+                    name: "An\u{0}na".into(),
+                })),
+                NewEvent::new(Event::ConversationAnalyzed(ConversationAnalyzed {
+                    analysis_id: "20260101\u{0}".into(),
+                    summary: "sum\u{0}mary".into(),
+                })),
+                NewEvent::new(Event::ProfileFactsRecorded(ProfileFactsRecorded {
+                    snapshot_id: "s".into(),
+                    facts: json_text(nul_facts.clone()),
+                })),
+                NewEvent::new(received("a\0b")).at(Timestamp(i64::MIN)),
+                NewEvent::new(sent("\0", None)).at(Timestamp(i64::MAX)),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &user,
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new(Event::UserRegistered(UserRegistered {
+                    identity: Identity {
+                        first_name: Some("\0".into()),
+                        ..Identity::default()
+                    },
+                })),
+                NewEvent::new(Event::UserSettingsChanged(UserSettingsChanged {
+                    settings: json_text(json!({"name": "x\u{0}y"})),
+                })),
+            ],
+        )
+        .await
+        .unwrap();
+    let last = store
+        .append(
+            &StreamId::bot(&bot()),
+            ExpectedVersion::Any,
+            one(Event::ConfigValueSet(ConfigValueSet {
+                scope: "glo\u{0}bal".into(),
+                key: "k\u{0}".into(),
+                value: json_text(json!("v\u{0}")),
             })),
-            "due_at",
-        ),
+        )
+        .await
+        .unwrap();
+    let check = |store: Store| {
+        let (nul_facts, stream) = (nul_facts.clone(), stream.clone());
+        async move {
+            let (profile, user_view, value, head) = store
+                .read_projection(Some(last.last_position), |p| {
+                    (
+                        p.profile(&bot(), 40).cloned().unwrap(),
+                        p.user(&bot(), 40).cloned().unwrap(),
+                        p.config_value(&bot(), "glo\u{0}bal", "k\u{0}").cloned(),
+                        p.conversation(&bot(), 40).unwrap().head,
+                    )
+                })
+                .await
+                .unwrap();
+            assert_eq!(profile.name, "An\u{0}na");
+            assert_eq!(profile.summary["20260101\u{0}"], "sum\u{0}mary");
+            assert_eq!(profile.profile["s"], nul_facts);
+            assert_eq!(user_view.identity.first_name.as_deref(), Some("\0"));
+            assert_eq!(user_view.settings["name"], json!("x\u{0}y"));
+            assert_eq!(value, Some(json!("v\u{0}")));
+            assert_eq!(head.last_in_at, Some(Timestamp(i64::MIN)));
+            assert_eq!(head.last_out_at, Some(Timestamp(i64::MAX)));
+            let messages = store.last_messages(&stream, 10, None).await.unwrap();
+            let texts: Vec<&str> = messages.iter().map(|m| &*m.text).collect();
+            assert_eq!(texts, ["a\0b", "\0"]);
+            store
+        }
+    };
+    let store = check(store).await;
+    store.close().await.unwrap();
+    let store = check(open_dir(dir.path()).await).await;
+    store.close().await.unwrap();
+}
+
+/// Proves idempotency keys belong to a bot: two bots that build the same key (the same chat and
+/// message ids) both append, while the same bot's retry is deduplicated, also after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_scoped_per_bot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let other = BotId::new("otherbot").unwrap();
+    let key = "tg:7:42:in";
+    let first = store
+        .append(
+            &conv(7),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(received("hi")).with_key(key)],
+        )
+        .await
+        .unwrap();
+    let second = store
+        .append(
+            &StreamId::conversation(&other, 7),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(received("hi")).with_key(key)],
+        )
+        .await
+        .unwrap();
+    assert_ne!(first, second, "the other bot's event must be appended");
+    assert_eq!(store.durable_end(), Position(2));
+    store.close().await.unwrap();
+    let store = open_dir(dir.path()).await;
+    for (stream, original) in [
+        (conv(7), first),
+        (StreamId::conversation(&other, 7), second),
     ] {
-        let error = nul(events).await.unwrap_err();
-        assert!(
-            matches!(error, StoreError::Input(InputError::TimestampOutOfRange { field: f, .. }) if f == field),
-            "{error:?}"
+        let retry = store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(received("hi")).with_key(key)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            retry, original,
+            "a retry of {stream} returns its original result"
         );
     }
-    assert_eq!(store.durable_end(), Position(0), "nothing may be appended");
-    store
-        .append(
-            &stream,
-            ExpectedVersion::Any,
-            one(received("a\\u0000b \\\\u0000")),
-        )
-        .await
-        .expect("an escaped backslash before u0000 is plain text");
-    store
-        .append(
-            &stream,
-            ExpectedVersion::Any,
-            vec![NewEvent::new(received("edge")).at(Timestamp(-62_135_596_800_000))],
-        )
-        .await
-        .expect("the first millisecond of year 1 is storable");
+    assert_eq!(store.durable_end(), Position(2), "retries append nothing");
     store.close().await.unwrap();
 }
 

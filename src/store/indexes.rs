@@ -8,12 +8,15 @@ use uuid::Uuid;
 use super::AppendResult;
 use crate::error::InputError;
 use crate::events::RecordedEvent;
-use crate::ids::{StreamId, StreamVersion};
+use crate::ids::{BotId, StreamId, StreamVersion};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum DedupeKey {
+    /// A client-supplied event id (UUIDs are global: no bot scope needed).
     EventId(Uuid),
-    Key(String),
+    /// An idempotency key, scoped to its bot: two bots that see the same chat and message ids
+    /// (and so build the same key) both append.
+    Key(BotId, String),
 }
 
 /// A stream's entry in the per-stream index.
@@ -144,7 +147,7 @@ pub(super) fn apply_to_indexes(indexes: Option<&Indexes>, event: &RecordedEvent)
     }
     if let Some(key) = &event.idempotency_key {
         dedupe.insert(
-            DedupeKey::Key(key.clone()),
+            DedupeKey::Key(event.bot_id.clone(), key.clone()),
             Recorded {
                 result,
                 stream: event.stream.clone(),

@@ -32,7 +32,6 @@ pub use config::{
 };
 pub use read::ReadDirection;
 pub use subscribe::Subscription;
-pub use validate::{TIMESTAMP_MAX, TIMESTAMP_MIN};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
