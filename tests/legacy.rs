@@ -20,8 +20,10 @@ use hybridstore_wal::Position;
 use serde_json::{json, Value};
 
 /// The valid fixture chats: with a girls file, and with a conversation file.
-const PROFILE_CHATS: [i64; 3] = [100_001, 100_002, 100_003];
-const CONVERSATION_CHATS: [i64; 3] = [100_001, 100_002, 100_004];
+/// 100006 holds U+0000 in every kind of text and the earliest and latest times the old bot could
+/// write (and some it could only write as numbers).
+const PROFILE_CHATS: [i64; 4] = [100_001, 100_002, 100_003, 100_006];
+const CONVERSATION_CHATS: [i64; 4] = [100_001, 100_002, 100_004, 100_006];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy")
@@ -122,13 +124,21 @@ async fn round_trip_reproduces_the_files_and_reports_malformed_ones() {
     let store = open(data.path()).await;
 
     let report = import(&store, &fixtures()).await;
-    assert_eq!(report.chats_found, 6, "{report}");
-    assert_eq!(report.chats_imported, 4, "{report}");
+    assert_eq!(report.chats_found, 7, "{report}");
+    assert_eq!(report.chats_imported, 5, "{report}");
     assert_eq!(report.chats_failed, vec![999, 100_005], "{report}");
     assert_eq!(report.events_already_imported, 0);
     // 100001: profile + 2 facts + 3 summaries + 6 messages + state; 100002: profile + 1 fact + 4
-    // messages + state; 100003: profile + state; 100004: 3 messages.
-    assert_eq!(report.events_appended, 13 + 7 + 2 + 3);
+    // messages + state; 100003: profile + state; 100004: 3 messages; 100006: profile + 1 fact +
+    // 1 summary + 5 messages + state.
+    assert_eq!(report.events_appended, 13 + 7 + 2 + 3 + 9);
+    // The old bot's backup and temporary files are skipped, not failures.
+    let skipped: Vec<String> = report
+        .files_skipped
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(skipped, ["100002.json.tmp", "100001.backup.20241124.json"]);
     assert!(!report.is_complete());
     assert_eq!(report.failures.len(), 2, "{report}");
     let conversation = &report.failures[0];
@@ -167,9 +177,9 @@ async fn round_trip_reproduces_the_files_and_reports_malformed_ones() {
     assert_eq!(first.1, Timestamp(1_732_470_000_123));
 
     let exported = export_legacy(&store, &bot(), out.path()).await.unwrap();
-    assert_eq!(exported.profiles_written, 3);
-    assert_eq!(exported.conversations_written, 3);
-    assert_eq!(exported.messages_written, 6 + 4 + 3);
+    assert_eq!(exported.profiles_written, 4);
+    assert_eq!(exported.conversations_written, 4);
+    assert_eq!(exported.messages_written, 6 + 4 + 3 + 5);
     assert_exported(out.path(), &fixtures(), &PROFILE_CHATS, &CONVERSATION_CHATS);
     store.close().await.unwrap();
 }
@@ -188,7 +198,7 @@ async fn importing_twice_appends_nothing_also_across_a_reopen() {
     assert_eq!(store.durable_end(), end);
     assert_eq!(again.events_appended, 0);
     assert_eq!(again.events_already_imported, first.events_appended);
-    assert_eq!((again.chats_imported, again.chats_unchanged), (0, 4));
+    assert_eq!((again.chats_imported, again.chats_unchanged), (0, 5));
     assert_eq!(again.chats_failed, first.chats_failed);
     store.close().await.unwrap();
 
@@ -311,8 +321,15 @@ fn cli_imports_reports_malformed_files_and_exports() {
             "{malformed} not in {stderr}"
         );
     }
-    assert!(stdout.contains("6 found, 4 imported"), "{stdout}");
-    assert!(stdout.contains("files failed: 2"), "{stdout}");
+    assert!(stdout.contains("7 found, 5 imported"), "{stdout}");
+    assert!(stdout.contains("files failed: 2, skipped: 2"), "{stdout}");
+    for skipped in [
+        "girls_data/100001.backup.20241124.json",
+        "conversations/100002.json.tmp",
+    ] {
+        let line = format!("warning: skipped {}", fixtures().join(skipped).display());
+        assert!(stderr.contains(&line), "{line} not in {stderr}");
+    }
 
     let exported = run(&[
         "export-legacy".as_ref(),
@@ -372,7 +389,7 @@ async fn a_rerun_catches_up_with_files_that_grew() {
     assert_eq!(again.events_appended, 6, "{again}");
     // Everything of the first run except the replaced fact and state is still current.
     assert_eq!(again.events_already_imported, first.events_appended - 2);
-    assert_eq!((again.chats_imported, again.chats_unchanged), (1, 3));
+    assert_eq!((again.chats_imported, again.chats_unchanged), (1, 4));
     let events = events_of(&store, 100_001).await;
     assert!(matches!(
         events.last().unwrap().event,
@@ -429,7 +446,7 @@ async fn a_partial_import_resumes() {
 
     let report = import(&store, &fixtures()).await;
     assert_eq!(report.events_already_imported, 2, "{report}");
-    assert_eq!(report.events_appended, 25 - 2);
+    assert_eq!(report.events_appended, 34 - 2);
     assert_eq!(events_of(&store, 100_002).await.len(), 7);
     export_legacy(&store, &bot(), out.path()).await.unwrap();
     assert_exported(out.path(), &fixtures(), &PROFILE_CHATS, &CONVERSATION_CHATS);

@@ -88,22 +88,23 @@ pub async fn import_legacy(
 ) -> Result<ImportReport, LegacyError> {
     let girls_dir = girls_dir.map(Path::to_path_buf);
     let conversations_dir = conversations_dir.map(Path::to_path_buf);
-    let (chats, name_failures) = blocking(move || {
+    let (chats, listing) = blocking(move || {
         let mut chats = BTreeMap::new();
-        let mut failures = Vec::new();
+        let mut listing = Listing::default();
         if let Some(dir) = &girls_dir {
-            list_chat_files(dir, false, &mut chats, &mut failures)?;
+            list_chat_files(dir, false, &mut chats, &mut listing)?;
         }
         if let Some(dir) = &conversations_dir {
-            list_chat_files(dir, true, &mut chats, &mut failures)?;
+            list_chat_files(dir, true, &mut chats, &mut listing)?;
         }
-        Ok::<_, LegacyError>((chats, failures))
+        Ok::<_, LegacyError>((chats, listing))
     })
     .await??;
 
     let mut report = ImportReport {
         chats_found: chats.len() as u64,
-        failures: name_failures,
+        failures: listing.failures,
+        files_skipped: listing.skipped,
         ..ImportReport::default()
     };
     let mut done = 0u64;
@@ -138,16 +139,27 @@ pub async fn import_legacy(
     }
     report.chats_failed.sort_unstable();
     report.failures.sort_by(|a, b| a.path.cmp(&b.path));
+    report.files_skipped.sort();
     Ok(report)
 }
 
-/// Lists `dir`'s `{chat_id}.json` files into `chats`; other files are reported, hidden files
-/// (editor swap files, an export's temporary files) and directories are skipped.
+/// What listing the old directories found besides the chats' files.
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    /// Files that could not be looked at.
+    failures: Vec<ImportFailure>,
+    /// Files that are not `{chat_id}.json`: the old bot's `*.backup.*.json`, `*.tmp` files.
+    skipped: Vec<PathBuf>,
+}
+
+/// Lists `dir`'s `{chat_id}.json` files into `chats`. Other files (the old bot leaves
+/// `{chat_id}.backup.{date}.json` and `*.tmp` files behind) are listed as skipped, hidden files
+/// (editor swap files, an export's temporary files) and directories are passed over.
 pub(super) fn list_chat_files(
     dir: &Path,
     conversations: bool,
     chats: &mut BTreeMap<i64, ChatFiles>,
-    failures: &mut Vec<ImportFailure>,
+    listing: &mut Listing,
 ) -> Result<(), LegacyError> {
     let read_dir = |source| LegacyError::ReadDir {
         path: dir.to_path_buf(),
@@ -164,7 +176,7 @@ pub(super) fn list_chat_files(
             Ok(metadata) if metadata.is_dir() => continue,
             Ok(_) => {}
             Err(error) => {
-                failures.push(ImportFailure {
+                listing.failures.push(ImportFailure {
                     path,
                     chat_id: None,
                     problem: FileProblem::Read(error),
@@ -173,11 +185,7 @@ pub(super) fn list_chat_files(
             }
         }
         let Some(chat_id) = chat_id_from_file_name(&name) else {
-            failures.push(ImportFailure {
-                path,
-                chat_id: None,
-                problem: FileProblem::BadName,
-            });
+            listing.skipped.push(path);
             continue;
         };
         let files = chats.entry(chat_id).or_insert_with(|| ChatFiles {

@@ -139,9 +139,6 @@ pub enum LegacyError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FileProblem {
-    /// The name is not `{chat_id}.json` with the chat id written as the old bot writes it.
-    #[error("the name is not {{chat_id}}.json (a chat id like 12345 or -100123)")]
-    BadName,
     /// The file could not be read.
     #[error("cannot read: {0}")]
     Read(#[source] io::Error),
@@ -224,6 +221,9 @@ pub struct ImportReport {
     pub events_already_imported: u64,
     /// Files not imported, by path.
     pub failures: Vec<ImportFailure>,
+    /// Files whose name is not `{chat_id}.json` (the old bot's backups and temporary files),
+    /// skipped: not failures.
+    pub files_skipped: Vec<PathBuf>,
 }
 
 impl ImportReport {
@@ -237,14 +237,15 @@ impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "chats: {} found, {} imported, {} already imported, {} failed; events: {} appended, {} already imported; files failed: {}",
+            "chats: {} found, {} imported, {} already imported, {} failed; events: {} appended, {} already imported; files failed: {}, skipped: {}",
             self.chats_found,
             self.chats_imported,
             self.chats_unchanged,
             self.chats_failed.len(),
             self.events_appended,
             self.events_already_imported,
-            self.failures.len()
+            self.failures.len(),
+            self.files_skipped.len()
         )
     }
 }

@@ -355,6 +355,12 @@ fn import_legacy_command(
                 for failure in &report.failures {
                     eprintln!("error: {failure}");
                 }
+                for skipped in &report.files_skipped {
+                    eprintln!(
+                        "warning: skipped {}: not a {{chat_id}}.json file (a backup or temporary file of the old bot?)",
+                        skipped.display()
+                    );
+                }
                 print_line(format_args!("import-legacy (bot {bot}): {report}"));
                 if report.is_complete() {
                     ExitCode::SUCCESS

@@ -19,6 +19,7 @@
 //!   touches; the tables therefore equal the log projection at the checkpoint.
 
 pub mod config;
+pub mod mapping;
 pub mod model;
 pub mod projector;
 pub mod verify;

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use hybridstore_wal::Position;
 use sqlx::PgConnection;
 
+use super::mapping::{json_in, json_out, opt_text_in, opt_text_out, text_in, text_out};
 use super::PgError;
 use crate::events::{Identity, RecordedEvent};
 use crate::ids::{BotId, Component, ComponentSet, MigrationState, StreamKind, Timestamp};
@@ -29,16 +30,6 @@ pub fn component_tables(component: Component) -> &'static [&'static str] {
         Component::Configuration => &["config_values", "component_states"],
         Component::Analytics => &["analytics_daily", "analytics_daily_chats"],
     }
-}
-
-/// SQL turning a bigint of milliseconds since the epoch into a timestamptz (exact below 2^53 µs).
-fn ts_in(param: &str) -> String {
-    format!("(timestamptz 'epoch' + {param} * interval '1 millisecond')")
-}
-
-/// SQL turning a timestamptz column into milliseconds since the epoch.
-fn ts_out(column: &str) -> String {
-    format!("(extract(epoch from {column}) * 1000)::int8")
 }
 
 /// A u64 counter as a bigint: counters beyond i64::MAX (never reached by counting) are clamped.
@@ -65,6 +56,30 @@ fn from_json<T: serde::de::DeserializeOwned>(
     value: serde_json::Value,
 ) -> Result<T, PgError> {
     serde_json::from_value(value).map_err(|e| PgError::BadRow {
+        table,
+        reason: e.to_string(),
+    })
+}
+
+fn unmap_text(table: &'static str, stored: String) -> Result<String, PgError> {
+    text_out(stored).map_err(|e| PgError::BadRow {
+        table,
+        reason: e.to_string(),
+    })
+}
+
+fn unmap_opt_text(table: &'static str, stored: Option<String>) -> Result<Option<String>, PgError> {
+    opt_text_out(stored).map_err(|e| PgError::BadRow {
+        table,
+        reason: e.to_string(),
+    })
+}
+
+fn unmap_json(
+    table: &'static str,
+    stored: serde_json::Value,
+) -> Result<serde_json::Value, PgError> {
+    json_out(stored).map_err(|e| PgError::BadRow {
         table,
         reason: e.to_string(),
     })
@@ -141,18 +156,16 @@ async fn load_users(
     rows: Rows<'_>,
     projection: &mut Projection,
 ) -> Result<(), PgError> {
-    let sql = format!(
-        "SELECT bot_id, user_id, blocked, blocked_reason, identity, settings, {} FROM users",
-        ts_out("registered_at")
-    );
+    let sql = "SELECT bot_id, user_id, blocked, blocked_reason, identity, settings, registered_at \
+               FROM users";
     let found: Vec<UserRow> = match rows {
-        Rows::All => sqlx::query_as(&sql).fetch_all(&mut *conn).await,
+        Rows::All => sqlx::query_as(sql).fetch_all(&mut *conn).await,
         Rows::Of(keys) => {
             if keys.users.is_empty() {
                 return Ok(());
             }
             let (bots, ids) = split(&keys.users);
-            sqlx::query_as(&with_filter(&sql, "bot_id, user_id", true))
+            sqlx::query_as(&with_filter(sql, "bot_id, user_id", true))
                 .bind(bots)
                 .bind(ids)
                 .fetch_all(&mut *conn)
@@ -161,8 +174,8 @@ async fn load_users(
     }
     .map_err(query_error("load users"))?;
     for (bot_id, user_id, blocked, blocked_reason, identity, settings, registered_at) in found {
-        let identity: Identity = from_json("users", identity)?;
-        let settings = match settings {
+        let identity: Identity = from_json("users", unmap_json("users", identity)?)?;
+        let settings = match unmap_json("users", settings)? {
             serde_json::Value::Object(map) => map,
             other => {
                 return Err(PgError::BadRow {
@@ -176,7 +189,7 @@ async fn load_users(
             UserView {
                 user_id,
                 blocked,
-                blocked_reason,
+                blocked_reason: unmap_opt_text("users", blocked_reason)?,
                 identity,
                 settings,
                 registered_at: Timestamp(registered_at),
@@ -208,7 +221,7 @@ async fn load_profiles(
     }
     .map_err(query_error("load profiles"))?;
     for (bot_id, document) in found {
-        let document: ProfileDocument = from_json("profiles", document)?;
+        let document: ProfileDocument = from_json("profiles", unmap_json("profiles", document)?)?;
         projection.insert_profile(bot("profiles", bot_id)?, document);
     }
     Ok(())
@@ -233,23 +246,16 @@ async fn load_conversations(
     rows: Rows<'_>,
     projection: &mut Projection,
 ) -> Result<(), PgError> {
-    let heads = format!(
-        "SELECT bot_id, chat_id, messages_in, messages_out, {}, {}, unanswered, cleared_before, \
-         retained FROM conversations",
-        ts_out("last_in_at"),
-        ts_out("last_out_at")
-    );
-    let followups = format!(
-        "SELECT bot_id, chat_id, followup_id, {} FROM followups",
-        ts_out("due_at")
-    );
+    let heads = "SELECT bot_id, chat_id, messages_in, messages_out, last_in_at, last_out_at, unanswered, cleared_before, \
+         retained FROM conversations";
+    let followups = "SELECT bot_id, chat_id, followup_id, due_at FROM followups";
     let (found, due): (Vec<ConversationRow>, Vec<FollowupRow>) = match rows {
         Rows::All => (
-            sqlx::query_as(&heads)
+            sqlx::query_as(heads)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(query_error("load conversations"))?,
-            sqlx::query_as(&followups)
+            sqlx::query_as(followups)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(query_error("load followups"))?,
@@ -260,13 +266,13 @@ async fn load_conversations(
             }
             let (bots, ids) = split(&keys.conversations);
             (
-                sqlx::query_as(&with_filter(&heads, "bot_id, chat_id", true))
+                sqlx::query_as(&with_filter(heads, "bot_id, chat_id", true))
                     .bind(&bots)
                     .bind(&ids)
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(query_error("load conversations"))?,
-                sqlx::query_as(&with_filter(&followups, "bot_id, chat_id", true))
+                sqlx::query_as(&with_filter(followups, "bot_id, chat_id", true))
                     .bind(&bots)
                     .bind(&ids)
                     .fetch_all(&mut *conn)
@@ -310,7 +316,7 @@ async fn load_conversations(
         projection
             .conversation_mut(bot("followups", bot_id)?, chat)
             .followups
-            .insert(followup_id, Timestamp(due_at));
+            .insert(unmap_text("followups", followup_id)?, Timestamp(due_at));
     }
     Ok(())
 }
@@ -337,7 +343,12 @@ async fn load_configuration(
             let (bots, (scopes, names)): (Vec<String>, (Vec<String>, Vec<String>)) = keys
                 .config
                 .iter()
-                .map(|(b, s, k)| (b.to_string(), (s.clone(), k.clone())))
+                .map(|(b, s, k)| {
+                    (
+                        b.to_string(),
+                        (text_in(s).into_owned(), text_in(k).into_owned()),
+                    )
+                })
                 .unzip();
             let (state_bots, components): (Vec<String>, Vec<String>) = keys
                 .components
@@ -368,7 +379,13 @@ async fn load_configuration(
         }
     };
     for (bot_id, scope, key, value) in values {
-        projection.insert_config_value(bot("config_values", bot_id)?, scope, key, value);
+        let t = "config_values";
+        projection.insert_config_value(
+            bot(t, bot_id)?,
+            unmap_text(t, scope)?,
+            unmap_text(t, key)?,
+            unmap_json(t, value)?,
+        );
     }
     for (bot_id, component, state) in states {
         let t = "component_states";
@@ -392,11 +409,10 @@ async fn load_analytics(
     rows: Rows<'_>,
     projection: &mut Projection,
 ) -> Result<(), PgError> {
-    let daily = "SELECT bot_id, (day - date '1970-01-01')::int8, messages_in, messages_out, \
+    let daily = "SELECT bot_id, day, messages_in, messages_out, \
                  active_chats, llm_calls, llm_tokens FROM analytics_daily";
-    let chats =
-        "SELECT bot_id, (day - date '1970-01-01')::int8, chat_id FROM analytics_daily_chats";
-    let day_filter = " WHERE (bot_id, day) IN (SELECT b, date '1970-01-01' + d::int4 \
+    let chats = "SELECT bot_id, day, chat_id FROM analytics_daily_chats";
+    let day_filter = " WHERE (bot_id, day) IN (SELECT b, d \
                       FROM UNNEST($1::text[], $2::int8[]) AS k(b, d))";
     let (found, seen): (Vec<DailyRow>, Vec<(String, i64, i64)>) = match rows {
         Rows::All => (
@@ -427,8 +443,8 @@ async fn load_analytics(
                     .await
                     .map_err(query_error("load analytics_daily"))?,
                 sqlx::query_as(&format!(
-                    "{chats} WHERE (bot_id, day, chat_id) IN (SELECT b, date '1970-01-01' + \
-                     d::int4, c FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS k(b, d, c))"
+                    "{chats} WHERE (bot_id, day, chat_id) IN (SELECT b, \
+                     d, c FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS k(b, d, c))"
                 ))
                 .bind(chat_bots)
                 .bind(chat_days)
@@ -534,9 +550,11 @@ async fn write_users(
                 bots.push(bot_id.to_string());
                 ids.push(user.user_id);
                 blocked.push(user.blocked);
-                reasons.push(user.blocked_reason.clone());
-                identities.push(serde_json::to_value(&user.identity).expect("identity is JSON"));
-                settings.push(serde_json::Value::Object(user.settings.clone()));
+                reasons.push(opt_text_in(user.blocked_reason.as_deref()));
+                let identity = serde_json::to_value(&user.identity).expect("identity is JSON");
+                identities.push(json_in(&identity).into_owned());
+                let user_settings = serde_json::Value::Object(user.settings.clone());
+                settings.push(json_in(&user_settings).into_owned());
                 at.push(user.registered_at.0);
             }
         }
@@ -545,15 +563,14 @@ async fn write_users(
     if bots.is_empty() {
         return Ok(());
     }
-    sqlx::query(&format!(
+    sqlx::query(
         "INSERT INTO users (bot_id, user_id, blocked, blocked_reason, identity, settings, \
-         registered_at) SELECT b, u, bl, r, i, s, {} FROM UNNEST($1::text[], $2::int8[], \
+         registered_at) SELECT b, u, bl, r, i, s, a FROM UNNEST($1::text[], $2::int8[], \
          $3::bool[], $4::text[], $5::jsonb[], $6::jsonb[], $7::int8[]) AS t(b, u, bl, r, i, s, a) \
          ON CONFLICT (bot_id, user_id) DO UPDATE SET blocked = EXCLUDED.blocked, \
          blocked_reason = EXCLUDED.blocked_reason, identity = EXCLUDED.identity, \
          settings = EXCLUDED.settings, registered_at = EXCLUDED.registered_at",
-        ts_in("a")
-    ))
+    )
     .bind(bots)
     .bind(ids)
     .bind(blocked)
@@ -589,18 +606,24 @@ async fn write_profiles(
         let bot_name = bot_id.to_string();
         bots.push(bot_name.clone());
         chats.push(*chat);
-        names.push(profile.name.clone());
+        names.push(text_in(&profile.name).into_owned());
         counts.push(counter(profile.message_count));
-        last.push(profile.last_activity.clone());
-        responses.push(profile.previous_response_id.clone());
-        documents.push(serde_json::to_value(profile).expect("profile is JSON"));
+        last.push(
+            profile
+                .last_activity
+                .as_ref()
+                .map(|v| json_in(v).into_owned()),
+        );
+        responses.push(opt_text_in(profile.previous_response_id.as_deref()));
+        let document = serde_json::to_value(profile).expect("profile is JSON");
+        documents.push(json_in(&document).into_owned());
         if before.map(|b| &b.summary) != Some(&profile.summary) {
             rewritten_summaries.push((bot_name.clone(), *chat));
             for (id, text) in &profile.summary {
                 s_bots.push(bot_name.clone());
                 s_chats.push(*chat);
-                s_ids.push(id.clone());
-                s_texts.push(text.clone());
+                s_ids.push(text_in(id).into_owned());
+                s_texts.push(text_in(text).into_owned());
             }
         }
         if before.map(|b| &b.profile) != Some(&profile.profile) {
@@ -608,8 +631,8 @@ async fn write_profiles(
             for (id, facts) in &profile.profile {
                 f_bots.push(bot_name.clone());
                 f_chats.push(*chat);
-                f_ids.push(id.clone());
-                f_facts.push(facts.clone());
+                f_ids.push(text_in(id).into_owned());
+                f_facts.push(json_in(facts).into_owned());
             }
         }
     }
@@ -722,7 +745,7 @@ async fn write_conversations(
             for (id, due) in &conversation.followups {
                 u_bots.push(bot_name.clone());
                 u_chats.push(*chat);
-                u_ids.push(id.clone());
+                u_ids.push(text_in(id).into_owned());
                 u_due.push(due.0);
             }
         }
@@ -746,18 +769,16 @@ async fn write_conversations(
         .map_err(query_error("clear messages"))?;
     }
     if !bots.is_empty() {
-        sqlx::query(&format!(
+        sqlx::query(
             "INSERT INTO conversations (bot_id, chat_id, messages_in, messages_out, last_in_at, \
-             last_out_at, unanswered, cleared_before, retained) SELECT b, c, i, o, {}, {}, u, cb, \
+             last_out_at, unanswered, cleared_before, retained) SELECT b, c, i, o, li, lo, u, cb, \
              r FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
              $6::int8[], $7::int8[], $8::int8[], $9::int8[]) AS t(b, c, i, o, li, lo, u, cb, r) \
              ON CONFLICT (bot_id, chat_id) DO UPDATE SET messages_in = EXCLUDED.messages_in, \
              messages_out = EXCLUDED.messages_out, last_in_at = EXCLUDED.last_in_at, \
              last_out_at = EXCLUDED.last_out_at, unanswered = EXCLUDED.unanswered, \
              cleared_before = EXCLUDED.cleared_before, retained = EXCLUDED.retained",
-            ts_in("li"),
-            ts_in("lo")
-        ))
+        )
         .bind(bots)
         .bind(chats)
         .bind(ins)
@@ -772,11 +793,10 @@ async fn write_conversations(
         .map_err(query_error("write conversations"))?;
     }
     if !u_bots.is_empty() {
-        sqlx::query(&format!(
-            "INSERT INTO followups (bot_id, chat_id, followup_id, due_at) SELECT b, c, f, {} \
+        sqlx::query(
+            "INSERT INTO followups (bot_id, chat_id, followup_id, due_at) SELECT b, c, f, d \
              FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[]) AS t(b, c, f, d)",
-            ts_in("d")
-        ))
+        )
         .bind(u_bots)
         .bind(u_chats)
         .bind(u_ids)
@@ -799,14 +819,14 @@ async fn write_configuration(
         match projection.config_value(bot_id, scope, key) {
             Some(value) => {
                 bots.push(bot_id.to_string());
-                scopes.push(scope.clone());
-                names.push(key.clone());
-                values.push(value.clone());
+                scopes.push(text_in(scope).into_owned());
+                names.push(text_in(key).into_owned());
+                values.push(json_in(value).into_owned());
             }
             None => {
                 d_bots.push(bot_id.to_string());
-                d_scopes.push(scope.clone());
-                d_names.push(key.clone());
+                d_scopes.push(text_in(scope).into_owned());
+                d_names.push(text_in(key).into_owned());
             }
         }
     }
@@ -903,7 +923,7 @@ async fn write_analytics(
     if !bots.is_empty() {
         sqlx::query(
             "INSERT INTO analytics_daily (bot_id, day, messages_in, messages_out, active_chats, \
-             llm_calls, llm_tokens) SELECT b, date '1970-01-01' + d::int4, i, o, a, c, t FROM \
+             llm_calls, llm_tokens) SELECT b, d, i, o, a, c, t FROM \
              UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
              $7::int8[]) AS x(b, d, i, o, a, c, t) ON CONFLICT (bot_id, day) DO UPDATE SET \
              messages_in = EXCLUDED.messages_in, messages_out = EXCLUDED.messages_out, \
@@ -924,8 +944,8 @@ async fn write_analytics(
     if !s_bots.is_empty() {
         // Without a prior (a rebuild's flush) a pair may have been written by an earlier chunk.
         sqlx::query(
-            "INSERT INTO analytics_daily_chats (bot_id, day, chat_id) SELECT b, date '1970-01-01' \
-             + d::int4, c FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(b, d, c) \
+            "INSERT INTO analytics_daily_chats (bot_id, day, chat_id) SELECT b, \
+             d, c FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(b, d, c) \
              ON CONFLICT DO NOTHING",
         )
         .bind(s_bots)
@@ -994,12 +1014,11 @@ impl MessageRows {
             at.push(row.at);
             legacy_ts.push(row.legacy_ts);
         }
-        sqlx::query(&format!(
+        sqlx::query(
             "INSERT INTO messages (bot_id, chat_id, position, direction, text, at, legacy_ts) \
-             SELECT b, c, p, d, t, {}, l FROM UNNEST($1::text[], $2::int8[], $3::int8[], \
+             SELECT b, c, p, d, t, a, l FROM UNNEST($1::text[], $2::int8[], $3::int8[], \
              $4::text[], $5::text[], $6::int8[], $7::jsonb[]) AS x(b, c, p, d, t, a, l)",
-            ts_in("a")
-        ))
+        )
         .bind(bots)
         .bind(chats)
         .bind(positions)
@@ -1022,7 +1041,7 @@ pub fn direction_name(direction: Direction) -> &'static str {
     }
 }
 
-/// One row of the `messages` table.
+/// One row of the `messages` table, as stored (texts through [`super::mapping`]).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct MessageRow {
     /// The bot.
@@ -1051,9 +1070,9 @@ impl MessageRow {
             chat_id,
             position: counter(message.position.0),
             direction: direction_name(message.direction).to_owned(),
-            text: message.text.to_string(),
+            text: text_in(&message.text).into_owned(),
             at: message.at.0,
-            legacy_ts: message.legacy_ts,
+            legacy_ts: message.legacy_ts.map(|v| json_in(&v).into_owned()),
         })
     }
 }
@@ -1063,11 +1082,10 @@ impl MessageRow {
 /// # Errors
 /// [`PgError::Query`] when the query fails.
 pub async fn load_messages(conn: &mut PgConnection) -> Result<Vec<MessageRow>, PgError> {
-    sqlx::query_as(&format!(
-        "SELECT bot_id, chat_id, position, direction, text, {} AS at, legacy_ts FROM messages \
+    sqlx::query_as(
+        "SELECT bot_id, chat_id, position, direction, text, at AS at, legacy_ts FROM messages \
          ORDER BY position",
-        ts_out("at")
-    ))
+    )
     .fetch_all(&mut *conn)
     .await
     .map_err(query_error("load messages"))
@@ -1171,9 +1189,10 @@ pub async fn load_profile_rows(conn: &mut PgConnection) -> Result<Vec<ProfileRow
         .collect())
 }
 
-/// The JSON [`load_profile_rows`] gives for a profile stored exactly as `document` says.
+/// The JSON [`load_profile_rows`] gives for a profile stored exactly as `document` says, through
+/// the mapping of what Postgres cannot hold ([`super::mapping`]).
 pub fn profile_row_value(document: &ProfileDocument) -> serde_json::Value {
-    serde_json::json!({
+    let row = serde_json::json!({
         "document": document,
         "name": document.name,
         "message_count": counter(document.message_count),
@@ -1181,5 +1200,8 @@ pub fn profile_row_value(document: &ProfileDocument) -> serde_json::Value {
         "previous_response_id": document.previous_response_id,
         "summaries": document.summary,
         "facts": document.profile,
-    })
+    });
+    // The row's own keys hold no character the mapping changes, so mapping the whole value maps
+    // exactly the stored texts and documents inside it.
+    json_in(&row).into_owned()
 }

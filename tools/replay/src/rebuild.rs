@@ -630,7 +630,7 @@ fn encode_copy_row(out: &mut Vec<u8>, row: &MessageRow) {
     );
     escape_copy(out, &row.text);
     out.push(b'\t');
-    out.extend_from_slice(hybridstore::Timestamp(row.at).to_rfc3339().as_bytes());
+    let _ = write!(out, "{}", row.at);
     out.push(b'\t');
     match &row.legacy_ts {
         Some(value) => escape_copy(out, &value.to_string()),
