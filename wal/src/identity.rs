@@ -1,8 +1,8 @@
 //! The identity of a log: the [`LogId`] a log is given when it is created, kept in the `log-id`
 //! file beside its segments. Sinks that follow the log (the Postgres projector, later a cache and
-//! a shipper) record it beside their cursors, so that a database projected from one log is never
-//! fed from another: a data directory restored from a backup, or a fresh log pointed at an old
-//! database, shows up as a different id instead of as positions that happen to line up.
+//! a shipper) are to record it beside their cursors, so that a database projected from one log is
+//! never fed from another: a data directory restored from a backup, or a fresh log pointed at an
+//! old database, shows up as a different id instead of as positions that happen to line up.
 //!
 //! Layout of `log-id` (little-endian, exactly [`LOG_ID_LEN`] bytes): magic `HSWALLID` (8) ·
 //! version u32 · reserved u32 (zero) · the id's 16 bytes · CRC-32 of the 32 bytes before.
