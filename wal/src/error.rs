@@ -101,6 +101,21 @@ pub enum Error {
         first: Position,
     },
 
+    /// The `log-id` file exists but does not hold a valid log id. The open fails and the file is
+    /// left exactly as it is: a new id would make every sink that recorded the old one refuse
+    /// the log, or worse, let a sink that lost its record follow the log as a different one.
+    #[error(
+        "damaged log id file {}: {kind}; it is left as it is (a new id would not match what the \
+         log's sinks recorded): restore it from a backup of the log directory",
+        path.display()
+    )]
+    LogIdCorrupt {
+        /// The `log-id` file.
+        path: PathBuf,
+        /// What is wrong with it.
+        kind: LogIdCorruption,
+    },
+
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -224,6 +239,45 @@ pub enum CorruptionKind {
     },
 }
 
+/// What is wrong with a `log-id` file (checked in this order).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogIdCorruption {
+    /// The file is not exactly [`crate::identity::LOG_ID_LEN`] bytes long (empty, truncated, or
+    /// with bytes after the checksum).
+    #[error(
+        "log id file is {len} bytes long, expected {}",
+        crate::identity::LOG_ID_LEN
+    )]
+    WrongLength {
+        /// Bytes present.
+        len: u64,
+    },
+    /// The file does not start with the magic bytes `HSWALLID`.
+    #[error("bad log id magic")]
+    BadMagic,
+    /// The checksum does not match the bytes before it.
+    #[error("log id checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
+    Checksum {
+        /// Checksum stored in the file.
+        expected: u32,
+        /// Checksum computed over the bytes before it.
+        actual: u32,
+    },
+    /// The file was written in a layout version this reader does not know.
+    #[error("unsupported log id version {version}")]
+    UnsupportedVersion {
+        /// Version found in the file.
+        version: u32,
+    },
+    /// The reserved word is not zero (a layout this reader does not know).
+    #[error("log id reserved word is {reserved:#010x}, expected 0")]
+    NonZeroReserved {
+        /// The word found.
+        reserved: u32,
+    },
+}
+
 impl Error {
     /// Wraps an I/O error with the path and call it came from.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
@@ -236,6 +290,9 @@ impl Error {
 
     /// True for errors that mean the log's bytes are damaged (as opposed to the call failing).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::TornTail { .. })
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::TornTail { .. } | Error::LogIdCorrupt { .. }
+        )
     }
 }

@@ -8,8 +8,11 @@
 //! - `writer`: leader/follower group commit, rotation, the interval syncer, poisoning.
 //! - [`reader`]: forward iteration and tail-following over durable records.
 //! - [`recovery`]: the segment scanner shared by recovery at open, readers and the audit tool.
-//! - `wal`: the [`Wal`] handle — open (lock + recovery), close (clean-shutdown marker), truncation.
+//! - `wal`: the [`Wal`] handle — open (lock, log id, recovery), close (clean-shutdown marker),
+//!   truncation.
 //! - [`marker`]: the clean-shutdown marker that lets an open skip scanning.
+//! - [`identity`]: the log's [`LogId`] and the `log-id` file that keeps it, created durably at
+//!   the first writable open and never replaced.
 //! - [`io`]: the storage seam ([`io::FileSystem`]), the real file system, and (feature
 //!   `testing`) the simulated disk used for power-loss and fault-injection tests.
 //! - [`config`] and [`error`]: options and the one error enum.
@@ -32,6 +35,7 @@
 pub mod config;
 pub mod error;
 pub mod format;
+pub mod identity;
 pub mod io;
 pub mod marker;
 pub mod reader;
@@ -43,7 +47,8 @@ mod wal;
 mod writer;
 
 pub use config::{Durability, Options, RecoveryMode};
-pub use error::{CorruptionKind, Error, PoisonCause, Result};
+pub use error::{CorruptionKind, Error, LogIdCorruption, PoisonCause, Result};
 pub use format::{Position, SegmentId};
+pub use identity::{LogId, ParseLogIdError};
 pub use reader::{Reader, Record};
 pub use wal::{AppendResult, DurableListener, Wal, LOCK_FILE_NAME};

@@ -1,16 +1,22 @@
-//! The [`Wal`] handle: open (lock, recovery), close (clean-shutdown marker), truncation, and the
-//! state shared by the writer and the readers.
+//! The [`Wal`] handle: open (lock, log id, recovery), close (clean-shutdown marker), truncation,
+//! and the state shared by the writer and the readers.
 //!
 //! Recovery at open, in order:
 //! 1. Create the directory (0700) and take the writer lock (`LOCK`, exclusive `flock`).
-//! 2. List segments. Check the header of every sealed segment (magic, version, checksum, name);
+//! 2. Read and check the `log-id` file (`identity`); a damaged one fails the open before anything
+//!    changes. When it exists, fsync the directory: an earlier open may have renamed it into
+//!    place and failed before its own directory fsync, and no id may be returned that a power
+//!    loss could take.
+//! 3. List segments. Check the header of every sealed segment (magic, version, checksum, name);
 //!    sealed segments' frames are checked when read, not at open, so opening is O(segments).
-//! 3. The last segment: if a valid clean-shutdown marker describes it, take its end and sparse
+//! 4. The last segment: if a valid clean-shutdown marker describes it, take its end and sparse
 //!    index from the marker; otherwise scan it (every frame checked) and classify its end
 //!    (`recovery::scan_segment`). A torn tail is truncated (logged) or refused (`Strict`);
 //!    corruption fails the open.
-//! 4. Re-extend the active segment to its preallocated size and fsync it.
-//! 5. Remove the marker and fsync the directory, before any append can be acknowledged.
+//! 5. Re-extend the active segment to its preallocated size and fsync it.
+//! 6. Remove the marker and fsync the directory, before any append can be acknowledged.
+//! 7. When there was no `log-id` (a new log, or one written before log ids), create it durably
+//!    (`identity::create_log_id`), so the id is fixed before the open returns it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Durability, Options, RecoveryMode};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{Position, SegmentHeader, SegmentId, SEGMENT_HEADER_LEN};
+use crate::identity::{create_log_id, read_log_id, LogId};
 use crate::io::{FileSystem, LockGuard, OpenMode};
 use crate::marker::{CleanShutdown, MARKER_FILE_NAME, MARKER_TMP_FILE_NAME};
 use crate::reader::Reader;
@@ -51,6 +58,9 @@ pub(crate) struct Published {
 
 pub(crate) struct Shared {
     pub dir: PathBuf,
+    /// The log's identity: always known to a writable open, absent from a read-only open of a
+    /// log that has never had a writable open since log ids exist.
+    pub log_id: Option<LogId>,
     pub fs: Arc<dyn FileSystem>,
     pub options: Options,
     pub queue: Mutex<Queue>,
@@ -90,6 +100,7 @@ impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
             .field("dir", &self.shared.dir)
+            .field("log_id", &self.shared.log_id)
             .finish_non_exhaustive()
     }
 }
@@ -111,10 +122,13 @@ impl AppendResult {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, running recovery.
+    /// Opens (or creates) the log in `dir`, running recovery. A log without a `log-id` file (a
+    /// new one, or one written before log ids) gets its id here, durably, before the open
+    /// returns; [`Wal::log_id`] is then always `Some`.
     ///
     /// # Errors
-    /// [`Error::Locked`] if another writer holds the directory; [`Error::Corrupt`] /
+    /// [`Error::Locked`] if another writer holds the directory; [`Error::LogIdCorrupt`] when the
+    /// `log-id` file is damaged (it is left as it is); [`Error::Corrupt`] /
     /// [`Error::TornTail`] when recovery finds damage it must not repair; [`Error::Io`] when a
     /// call fails; [`Error::InvalidConfig`] for unusable options.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Wal> {
@@ -125,9 +139,27 @@ impl Wal {
             .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock_guard = take_lock(&*fs, &dir, &lock_path)?;
+        // Before recovery changes anything: a damaged id fails the open with the directory as
+        // it was.
+        let existing_id = read_durable_log_id(&*fs, &dir)?;
         let recovered = recover(&*fs, &dir, &options)?;
+        let log_id = match existing_id {
+            Some(id) => id,
+            None => {
+                // After recovery, so that an open failing on a damaged segment adds nothing to
+                // the directory.
+                let id = create_log_id(&*fs, &dir)?;
+                if recovered.created_first_segment {
+                    tracing::debug!(log_id = %id, dir = %dir.display(), "created a new log");
+                } else {
+                    tracing::info!(log_id = %id, dir = %dir.display(), "gave an existing log its first log id");
+                }
+                id
+            }
+        };
         let shared = Arc::new(Shared::new(
             dir,
+            Some(log_id),
             recovered,
             Some(lock_guard),
             options,
@@ -153,16 +185,22 @@ impl Wal {
     /// scanning it, so every record it returns is durable even beside a live writer whose last
     /// frames were not synced yet.
     ///
+    /// The log id is read and checked but never created: a log that has not had a writable open
+    /// since log ids exist has none ([`Wal::log_id`] is `None`). When there is one, the open
+    /// fsyncs the directory, so the id it returns is durable even if a live writer renamed it
+    /// into place an instant ago.
+    ///
     /// # Errors
-    /// [`Error::Corrupt`] where recovery would report corruption; [`Error::Io`] when a call
-    /// fails.
+    /// [`Error::LogIdCorrupt`] when the `log-id` file is damaged; [`Error::Corrupt`] where
+    /// recovery would report corruption; [`Error::Io`] when a call fails.
     pub fn open_read_only(dir: impl AsRef<Path>, options: Options) -> Result<Wal> {
         let dir = dir.as_ref().to_owned();
         let fs = options.fs.clone();
+        let log_id = read_durable_log_id(&*fs, &dir)?;
         let recovered = recover_read_only(&*fs, &dir)?;
         // Closed from the start: appends fail, readers stop at the end found, and dropping it
         // writes no marker.
-        let shared = Arc::new(Shared::new(dir, recovered, None, options, true));
+        let shared = Arc::new(Shared::new(dir, log_id, recovered, None, options, true));
         Ok(Wal { shared })
     }
 
@@ -174,6 +212,13 @@ impl Wal {
     /// The options the log was opened with.
     pub fn options(&self) -> &Options {
         &self.shared.options
+    }
+
+    /// The log's identity: `Some` after every writable open (the id is durable by then, and no
+    /// later open returns another); `None` only from a read-only open of a log that has not had
+    /// a writable open since log ids exist.
+    pub fn log_id(&self) -> Option<LogId> {
+        self.shared.log_id
     }
 
     /// Position one past the last durable record: readers see every record below it.
@@ -284,6 +329,7 @@ impl Shared {
     /// The shared state of a log recovered into `recovered`; `closed` for a read-only one.
     fn new(
         dir: PathBuf,
+        log_id: Option<LogId>,
         recovered: Recovered,
         lock: Option<Box<dyn LockGuard>>,
         options: Options,
@@ -298,6 +344,7 @@ impl Shared {
         queue.closed = closed;
         Shared {
             dir,
+            log_id,
             fs: options.fs.clone(),
             queue: Mutex::new(queue),
             queue_cv: Condvar::new(),
@@ -462,6 +509,8 @@ struct Recovered {
     segments: Vec<Arc<Segment>>,
     end_position: Position,
     end_offset: u64,
+    /// The directory held no segment: recovery created the first one (a new log).
+    created_first_segment: bool,
 }
 
 /// How long `open` waits for a lock held by someone else before reporting [`Error::Locked`].
@@ -490,6 +539,18 @@ fn take_lock(fs: &dyn FileSystem, dir: &Path, lock_path: &Path) -> Result<Box<dy
     }
 }
 
+/// Reads and checks the log id, and when there is one fsyncs the directory so that it is durable
+/// before an open returns it: an earlier open may have renamed it into place and then failed (or
+/// lost the power) before its directory fsync. The file's bytes were fsynced before that rename.
+fn read_durable_log_id(fs: &dyn FileSystem, dir: &Path) -> Result<Option<LogId>> {
+    let id = read_log_id(fs, dir)?;
+    if id.is_some() {
+        fs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    Ok(id)
+}
+
 /// Reads the clean-shutdown marker: whether the file exists, and its contents if valid.
 fn read_marker(fs: &dyn FileSystem, dir: &Path) -> Result<(bool, Option<CleanShutdown>)> {
     let path = dir.join(MARKER_FILE_NAME);
@@ -516,6 +577,7 @@ fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recover
             segments: vec![segment],
             end_position: Position(0),
             end_offset: SEGMENT_HEADER_LEN as u64,
+            created_first_segment: true,
         });
     };
     let mut segments = Vec::with_capacity(ids.len());
@@ -573,6 +635,7 @@ fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recover
         segments,
         end_position,
         end_offset,
+        created_first_segment: false,
     })
 }
 
@@ -630,6 +693,7 @@ fn recover_read_only(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered> {
         segments,
         end_position: end.1,
         end_offset: end.0,
+        created_first_segment: false,
     })
 }
 

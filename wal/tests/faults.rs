@@ -1,15 +1,20 @@
 //! Fault injection at every I/O call site: a scenario that exercises recovery (torn-tail
-//! truncation, marker use and removal), appends with rotations, and clean closes is first run to
-//! count its calls; then each call N is made to fail — once, and from then on — followed by a
-//! power loss and a reopen on a healthy disk. No failure may panic, lose an acknowledged append,
-//! leave a partial batch, or leave a log that does not reopen.
+//! truncation, marker use and removal), the log id (read and made durable, or created for a log
+//! written before log ids), appends with rotations, and clean closes is first run to count its
+//! calls; then each call N is made to fail — once, and from then on — followed by a power loss
+//! and a reopen on a healthy disk. No failure may panic, lose an acknowledged append, leave a
+//! partial batch, leave a log that does not reopen, or change a log id an open has returned.
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 
+use std::path::Path;
+
+use hybridstore_wal::identity::LOG_ID_FILE_NAME;
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
+use hybridstore_wal::io::FileSystem;
 use hybridstore_wal::testing::{batch_records, check_batches};
-use hybridstore_wal::{Error, Options, Position, Wal};
+use hybridstore_wal::{Error, LogId, Options, Position, Wal};
 
 const DIR: &str = "/log";
 const FILLER_MAX: usize = 60;
@@ -38,9 +43,18 @@ fn batches_in(wal: &Wal) -> Vec<Batch> {
         .collect()
 }
 
+/// Whether the disk the scenario starts from has a `log-id` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogIdAtStart {
+    /// It has one: the scenario's opens read it and make it durable.
+    Present,
+    /// It has none (a log written before log ids): the scenario's first open creates it.
+    Missing,
+}
+
 /// A disk holding a log whose last segment ends in a torn write (garbage after the last frame),
-/// as a crash mid-write leaves it. Built without faults.
-fn disk_with_torn_tail() -> (SimFs, Vec<Batch>) {
+/// as a crash mid-write leaves it, with or without a `log-id`. Built without faults.
+fn disk_with_torn_tail(log_id: LogIdAtStart) -> (SimFs, Vec<Batch>) {
     let fs = SimFs::new();
     let wal = Wal::open(DIR, options(&fs)).unwrap();
     let mut acked = Vec::new();
@@ -60,12 +74,24 @@ fn disk_with_torn_tail() -> (SimFs, Vec<Batch>) {
     let tear_at = end.next_multiple_of(8);
     bytes[tear_at..tear_at + 40].fill(0xA5);
     fs.write_file(&last, &bytes);
+    if log_id == LogIdAtStart::Missing {
+        fs.remove_file(&Path::new(DIR).join(LOG_ID_FILE_NAME))
+            .unwrap();
+        fs.sync_dir(Path::new(DIR)).unwrap();
+    }
     (fs, acked)
 }
 
-/// The scenario under test. Returns the acknowledged batches and the batch in doubt (whose append
-/// failed). Stops at the first error, as a process would crash.
-fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> (Vec<Batch>, Option<Batch>) {
+/// What a scenario run leaves for the check: the acknowledged batches, the batch in doubt (whose
+/// append failed), and the log id the scenario's opens returned, if any returned.
+struct Outcome {
+    acked: Vec<Batch>,
+    doubt: Option<Batch>,
+    log_id: Option<LogId>,
+}
+
+/// The scenario under test. Stops at the first error, as a process would crash.
+fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> Outcome {
     let mut next_id = 100u64;
     let mut append = |wal: &Wal, acked: &mut Vec<Batch>| -> Result<(), Batch> {
         let id = next_id;
@@ -79,51 +105,107 @@ fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> (Vec<Batch>, Option<Batch>) {
             Err(_) => Err((id, len)),
         }
     };
-    let Ok(wal) = Wal::open(DIR, options(fs)) else {
-        return (acked, None);
+    let mut log_id = None;
+    let mut opened = |wal: &Wal| {
+        let id = wal.log_id().expect("a writable open has a log id");
+        assert!(
+            log_id.is_none_or(|first| first == id),
+            "the second open returned another log id"
+        );
+        log_id = Some(id);
     };
+    let Ok(wal) = Wal::open(DIR, options(fs)) else {
+        return Outcome {
+            acked,
+            doubt: None,
+            log_id,
+        };
+    };
+    opened(&wal);
     for _ in 0..12 {
         if let Err(doubt) = append(&wal, &mut acked) {
-            return (acked, Some(doubt));
+            return Outcome {
+                acked,
+                doubt: Some(doubt),
+                log_id,
+            };
         }
     }
     if wal.close().is_err() {
-        return (acked, None);
+        return Outcome {
+            acked,
+            doubt: None,
+            log_id,
+        };
     }
     let Ok(wal) = Wal::open(DIR, options(fs)) else {
-        return (acked, None);
+        return Outcome {
+            acked,
+            doubt: None,
+            log_id,
+        };
     };
+    opened(&wal);
     for _ in 0..4 {
         if let Err(doubt) = append(&wal, &mut acked) {
-            return (acked, Some(doubt));
+            return Outcome {
+                acked,
+                doubt: Some(doubt),
+                log_id,
+            };
         }
     }
     let _ = wal.close();
-    (acked, None)
+    Outcome {
+        acked,
+        doubt: None,
+        log_id,
+    }
 }
 
-fn check_after_crash(fs: &SimFs, acked: &[Batch], doubt: Option<Batch>, label: &str) {
+fn check_after_crash(fs: &SimFs, outcome: &Outcome, label: &str) {
+    let Outcome {
+        acked,
+        doubt,
+        log_id,
+    } = outcome;
     fs.power_loss(Tear::Sectors);
     fs.clear_faults();
     let wal = Wal::open(DIR, options(fs))
         .unwrap_or_else(|e| panic!("{label}: the log does not reopen: {e}"));
     let found = batches_in(&wal);
-    let with_doubt: Vec<Batch> = acked.iter().copied().chain(doubt).collect();
+    let with_doubt: Vec<Batch> = acked.iter().copied().chain(*doubt).collect();
     assert!(
-        found == acked || found == with_doubt,
+        found == *acked || found == with_doubt,
         "{label}: found {found:?}, acknowledged {acked:?}, in doubt {doubt:?}"
     );
+    let reopened = wal.log_id().expect("a writable open has a log id");
+    if let Some(returned) = log_id {
+        assert_eq!(
+            reopened, *returned,
+            "{label}: an open returned log id {returned}, the reopen after the crash {reopened}"
+        );
+    }
 }
 
-/// Proves every I/O call of the writer and of recovery, failed once or persistently, loses no
-/// acknowledged append and leaves a log that reopens, and that every kind of call was failed.
+/// Proves every I/O call of the writer, of recovery and of the log id (reading it, or creating it
+/// for a log written before log ids), failed once or persistently, loses no acknowledged append,
+/// leaves a log that reopens, and never changes a log id an open returned; and that every kind
+/// of call was failed.
 #[test]
 fn every_call_site_failed_once_and_persistently() {
-    let (fs, acked) = disk_with_torn_tail();
+    for log_id in [LogIdAtStart::Present, LogIdAtStart::Missing] {
+        fail_every_call(log_id);
+    }
+}
+
+fn fail_every_call(log_id: LogIdAtStart) {
+    let (fs, acked) = disk_with_torn_tail(log_id);
     let start = fs.op_count();
-    let (clean_acked, doubt) = scenario(&fs, acked.clone());
-    assert_eq!(doubt, None, "the scenario runs clean without faults");
-    assert!(clean_acked.len() > acked.len() + 10);
+    let clean = scenario(&fs, acked.clone());
+    assert_eq!(clean.doubt, None, "the scenario runs clean without faults");
+    assert!(clean.acked.len() > acked.len() + 10);
+    assert!(clean.log_id.is_some());
     let log = fs.op_log();
     let calls = &log[start as usize..];
     let kinds: BTreeSet<&str> = calls.iter().copied().collect();
@@ -148,24 +230,23 @@ fn every_call_site_failed_once_and_persistently() {
         );
     }
     eprintln!(
-        "scenario makes {} I/O calls of {} kinds",
+        "log id {log_id:?}: scenario makes {} I/O calls of {} kinds",
         calls.len(),
         kinds.len()
     );
     let mut failed_kinds = BTreeSet::new();
     for offset in 0..calls.len() as u64 {
         for mode in [FaultMode::Once, FaultMode::Persistent] {
-            let (fs, acked) = disk_with_torn_tail();
+            let (fs, acked) = disk_with_torn_tail(log_id);
             let at = fs.op_count() + offset;
             fs.fail(FaultAt::Op(at), mode, ErrorKind::Other);
-            let (acked, doubt) = scenario(&fs, acked);
+            let outcome = scenario(&fs, acked);
             failed_kinds.insert(calls[offset as usize]);
             check_after_crash(
                 &fs,
-                &acked,
-                doubt,
+                &outcome,
                 &format!(
-                    "call {offset} ({}) failing {mode:?}",
+                    "log id {log_id:?}: call {offset} ({}) failing {mode:?}",
                     calls[offset as usize]
                 ),
             );

@@ -1,10 +1,15 @@
 //! Keeps `wal/FORMAT.md` and the format code in step: the document's `constants` block must list
-//! every `pub const` of `format.rs` with the value the code has, and the marker and index
-//! constants it documents.
+//! every `pub const` of `format.rs` and `identity.rs` with the value the code has, and the marker
+//! and index constants it documents.
 
 use std::collections::BTreeMap;
 
 use hybridstore_wal::format::*;
+use hybridstore_wal::identity::{
+    LogId, LogIdFile, LOG_ID_BYTES_OFFSET, LOG_ID_CRC_OFFSET, LOG_ID_FILE_NAME, LOG_ID_LEN,
+    LOG_ID_MAGIC, LOG_ID_RESERVED_OFFSET, LOG_ID_TMP_FILE_NAME, LOG_ID_VERSION,
+    LOG_ID_VERSION_OFFSET,
+};
 use hybridstore_wal::marker::{MARKER_FIXED_LEN, MARKER_MAGIC, MARKER_VERSION};
 use hybridstore_wal::segment::INDEX_INTERVAL_BYTES;
 
@@ -82,6 +87,15 @@ fn in_code() -> BTreeMap<String, String> {
         ("MARKER_VERSION", MARKER_VERSION.to_string()),
         ("MARKER_FIXED_LEN", MARKER_FIXED_LEN.to_string()),
         ("INDEX_INTERVAL_BYTES", INDEX_INTERVAL_BYTES.to_string()),
+        ("LOG_ID_FILE_NAME", LOG_ID_FILE_NAME.to_string()),
+        ("LOG_ID_TMP_FILE_NAME", LOG_ID_TMP_FILE_NAME.to_string()),
+        ("LOG_ID_MAGIC", text(&LOG_ID_MAGIC)),
+        ("LOG_ID_VERSION", LOG_ID_VERSION.to_string()),
+        ("LOG_ID_VERSION_OFFSET", LOG_ID_VERSION_OFFSET.to_string()),
+        ("LOG_ID_RESERVED_OFFSET", LOG_ID_RESERVED_OFFSET.to_string()),
+        ("LOG_ID_BYTES_OFFSET", LOG_ID_BYTES_OFFSET.to_string()),
+        ("LOG_ID_CRC_OFFSET", LOG_ID_CRC_OFFSET.to_string()),
+        ("LOG_ID_LEN", LOG_ID_LEN.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -98,12 +112,20 @@ fn format_md_matches_code() {
     );
 }
 
-/// Proves the list above covers every `pub const` in `format.rs`, so a new constant cannot be
-/// added to the code without being documented.
+/// Proves the list above covers every `pub const` in `format.rs` and `identity.rs`, so a new
+/// constant cannot be added to the code without being documented.
 #[test]
 fn every_format_constant_is_listed() {
-    let source = include_str!("../src/format.rs");
     let listed = in_code();
+    for (file, source) in [
+        ("format.rs", include_str!("../src/format.rs")),
+        ("identity.rs", include_str!("../src/identity.rs")),
+    ] {
+        check_listed(file, source, &listed);
+    }
+}
+
+fn check_listed(file: &str, source: &str, listed: &BTreeMap<String, String>) {
     for line in source.lines() {
         let Some(rest) = line.trim_start().strip_prefix("pub const ") else {
             continue;
@@ -116,9 +138,23 @@ fn every_format_constant_is_listed() {
         }
         assert!(
             listed.contains_key(name),
-            "format.rs constant {name} is missing from FORMAT.md's constants block"
+            "{file} constant {name} is missing from FORMAT.md's constants block"
         );
     }
+}
+
+/// Proves the log id table's layout holds: the field offsets the table gives are where the encoder
+/// puts magic, version, reserved word, id and checksum, and the checksum covers bytes `0..32`.
+#[test]
+fn documented_log_id_layout() {
+    let id = LogId::from_bytes(*b"0123456789abcdef");
+    let bytes = LogIdFile { id }.encode();
+    assert_eq!(bytes.len(), 36);
+    assert_eq!(&bytes[0..8], b"HSWALLID");
+    assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+    assert_eq!(bytes[12..16], [0; 4]);
+    assert_eq!(&bytes[16..32], b"0123456789abcdef");
+    assert_eq!(bytes[32..36], crc32fast::hash(&bytes[0..32]).to_le_bytes());
 }
 
 /// Proves the frame diagram's example sizes hold: a frame of one 256 B record is 288 bytes.

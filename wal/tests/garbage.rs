@@ -3,6 +3,7 @@
 //! differs from what was written.
 
 use hybridstore_wal::format::{encode_frame, FrameRef, Position, SegmentHeader, SegmentId};
+use hybridstore_wal::identity::{LogIdFile, LOG_ID_LEN};
 use hybridstore_wal::marker::CleanShutdown;
 use hybridstore_wal::recovery::{scan_segment, ScanOutcome, SegmentRole};
 use proptest::prelude::*;
@@ -27,6 +28,11 @@ proptest! {
     fn decoders_take_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let _ = SegmentHeader::decode_from(&data);
         let _ = CleanShutdown::decode(&data);
+        let _ = LogIdFile::decode_from(&data);
+        // At exactly the file's length, so the checks past the length one run too.
+        if let Some(file) = data.get(..LOG_ID_LEN) {
+            let _ = LogIdFile::decode_from(file);
+        }
         if let Ok(frame) = FrameRef::decode_from(&data) {
             prop_assert!(frame.records().all(|r| r.is_ok()));
         }

@@ -2,13 +2,13 @@
 //! when asked, tears unsynced writes sector by sector, in any order). Random appends, batches,
 //! clean reopens, power losses and crashes in the middle of an append are checked against a simple
 //! model: every acknowledged batch survives, no partial batch ever appears, nothing corrupt is
-//! ever returned.
+//! ever returned, and the log id the first open returned never changes.
 
 use std::path::Path;
 
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
 use hybridstore_wal::testing::{batch_records, check_batches, FoundBatch};
-use hybridstore_wal::{Durability, Options, Position, Wal};
+use hybridstore_wal::{Durability, LogId, Options, Position, Wal};
 use proptest::prelude::*;
 
 const DIR: &str = "/log";
@@ -101,10 +101,19 @@ fn verify(wal: &Wal, acked: &mut Vec<(u64, u32)>, in_doubt: Option<(u64, u32)>) 
     );
 }
 
+/// Reopens the log and checks it kept the id `log_id`.
+fn reopen(fs: &SimFs, log_id: Option<LogId>) -> Wal {
+    let wal = open(fs, Durability::Always);
+    assert_eq!(wal.log_id(), log_id, "a reopen changed the log id");
+    wal
+}
+
 fn run_always(ops: Vec<Op>, seed: u64) {
     let fs = SimFs::new();
     fs.seed(seed);
     let mut wal = open(&fs, Durability::Always);
+    let log_id = wal.log_id();
+    assert!(log_id.is_some());
     let mut acked: Vec<(u64, u32)> = Vec::new();
     let mut next_id = 1u64;
     for op in ops {
@@ -118,13 +127,13 @@ fn run_always(ops: Vec<Op>, seed: u64) {
             }
             Op::Reopen => {
                 wal.close().unwrap();
-                wal = open(&fs, Durability::Always);
+                wal = reopen(&fs, log_id);
                 verify(&wal, &mut acked, None);
             }
             Op::PowerLoss(tear) => {
                 fs.power_loss(tear.tear());
                 drop(wal);
-                wal = open(&fs, Durability::Always);
+                wal = reopen(&fs, log_id);
                 verify(&wal, &mut acked, None);
             }
             Op::CrashDuringAppend { after_ops, tear } => {
@@ -149,13 +158,13 @@ fn run_always(ops: Vec<Op>, seed: u64) {
                 fs.power_loss(tear.tear());
                 drop(wal);
                 fs.clear_faults();
-                wal = open(&fs, Durability::Always);
+                wal = reopen(&fs, log_id);
                 verify(&wal, &mut acked, in_doubt);
             }
         }
     }
     wal.close().unwrap();
-    let wal = open(&fs, Durability::Always);
+    let wal = reopen(&fs, log_id);
     verify(&wal, &mut acked, None);
 }
 
@@ -163,7 +172,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Proves, in `always` mode, that every acknowledged batch survives any sequence of clean
-    /// reopens, power losses and disk deaths mid-append, and that no partial batch appears.
+    /// reopens, power losses and disk deaths mid-append, that no partial batch appears, and that
+    /// every reopen returns the log id of the first open.
     #[test]
     fn always_mode_keeps_acknowledged_batches(ops in proptest::collection::vec(op(), 1..60), seed in any::<u64>()) {
         run_always(ops, seed);

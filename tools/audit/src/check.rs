@@ -1,6 +1,6 @@
 //! Checking a log: locating its directory, scanning each segment with the engine's scanner, the
-//! continuity between segments, the clean-shutdown marker, and the [`Problem`] every command
-//! reports.
+//! continuity between segments, the clean-shutdown marker, the `log-id` file (read with the
+//! engine's own reader), and the [`Problem`] every command reports.
 //!
 //! Nothing here writes or locks: checks map each segment read-only, one at a time, and drop the
 //! mapping before returning.
@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use hybridstore_wal::format::{Position, SegmentId, SEGMENT_HEADER_LEN};
+use hybridstore_wal::identity::{read_log_id, LOG_ID_FILE_NAME};
 use hybridstore_wal::io::{FileSystem, OpenMode};
 use hybridstore_wal::marker::{CleanShutdown, MARKER_FILE_NAME};
 use hybridstore_wal::recovery::{
     scan_segment, ScanOutcome, ScannedFrame, SegmentRole, SegmentScan,
 };
 use hybridstore_wal::segment::{list_segments, segment_path};
-use hybridstore_wal::CorruptionKind;
+use hybridstore_wal::{CorruptionKind, Error, LogId, LogIdCorruption};
 
 /// Name of the subdirectory of a data directory that holds the log.
 pub const WAL_SUBDIR_NAME: &str = "wal";
@@ -80,6 +81,11 @@ impl LogDir {
         self.path.join(MARKER_FILE_NAME)
     }
 
+    /// The path of the `log-id` file.
+    pub fn log_id_path(&self) -> PathBuf {
+        self.path.join(LOG_ID_FILE_NAME)
+    }
+
     /// The role the scanner must give the segment at `index`: only the last may end torn.
     pub fn role(&self, index: usize) -> SegmentRole {
         if index + 1 == self.segments.len() {
@@ -102,6 +108,9 @@ pub enum ProblemClass {
     /// The clean-shutdown marker disagrees with the segments, so an open that trusts it would
     /// resume writing at the wrong place.
     StaleMarker,
+    /// The `log-id` file is damaged: the writer refuses to open the log, and nothing recreates
+    /// the file, since sinks that recorded the id would refuse (or worse, follow) a new one.
+    DamagedLogId,
 }
 
 impl ProblemClass {
@@ -112,6 +121,7 @@ impl ProblemClass {
             ProblemClass::TornTail => "torn_tail",
             ProblemClass::TornHeader => "torn_header",
             ProblemClass::StaleMarker => "stale_marker",
+            ProblemClass::DamagedLogId => "damaged_log_id",
         }
     }
 
@@ -128,6 +138,9 @@ impl ProblemClass {
                 "`hybridstore-audit repair` moves the segment aside; opening the log with the writer rewrites the header"
             }
             ProblemClass::StaleMarker => "`hybridstore-audit repair` removes the marker",
+            ProblemClass::DamagedLogId => {
+                "restore `log-id` from a backup of the log directory; neither the writer nor `repair` recreates it, since the log's sinks recorded the id"
+            }
         }
     }
 
@@ -137,6 +150,36 @@ impl ProblemClass {
             ProblemClass::TornTail => "torn tail",
             ProblemClass::TornHeader => "torn header",
             ProblemClass::StaleMarker => "stale clean-shutdown marker",
+            ProblemClass::DamagedLogId => "damaged log id",
+        }
+    }
+}
+
+/// What is wrong, in the engine's own terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Damage in a segment or a frame, or a marker that disagrees with them.
+    Log(CorruptionKind),
+    /// A damaged `log-id` file.
+    LogId(LogIdCorruption),
+}
+
+impl ProblemKind {
+    /// Stable machine name of the variant (snake case of the engine's variant name; the log id
+    /// kinds prefixed with `log_id_`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProblemKind::Log(kind) => kind_name(kind),
+            ProblemKind::LogId(kind) => log_id_kind_name(kind),
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProblemKind::Log(kind) => kind.fmt(f),
+            ProblemKind::LogId(kind) => kind.fmt(f),
         }
     }
 }
@@ -146,20 +189,22 @@ impl ProblemClass {
 pub struct Problem {
     /// How it is handled.
     pub class: ProblemClass,
-    /// The segment holding it (for the marker: the segment the marker describes).
+    /// The segment holding it (for the marker: the segment the marker describes; `None` for the
+    /// log id).
     pub segment: Option<SegmentId>,
-    /// The file holding it (a segment, or the marker).
+    /// The file holding it (a segment, the marker, or `log-id`).
     pub path: PathBuf,
-    /// Byte offset in the segment file where the bad bytes start (`None` for the marker).
+    /// Byte offset in the segment file where the bad bytes start (`None` for the marker and the
+    /// log id).
     pub offset: Option<u64>,
     /// What is wrong.
-    pub kind: CorruptionKind,
+    pub kind: ProblemKind,
 }
 
 impl Problem {
-    /// Stable machine name of the [`CorruptionKind`] variant.
+    /// Stable machine name of the kind.
     pub fn kind_name(&self) -> &'static str {
-        kind_name(&self.kind)
+        self.kind.name()
     }
 }
 
@@ -209,6 +254,20 @@ pub fn kind_name(kind: &CorruptionKind) -> &'static str {
     }
 }
 
+/// Stable machine name of a [`LogIdCorruption`] variant (`log_id_` and the snake case of the
+/// variant name).
+pub fn log_id_kind_name(kind: &LogIdCorruption) -> &'static str {
+    match kind {
+        LogIdCorruption::WrongLength { .. } => "log_id_wrong_length",
+        LogIdCorruption::BadMagic => "log_id_bad_magic",
+        LogIdCorruption::Checksum { .. } => "log_id_checksum",
+        LogIdCorruption::UnsupportedVersion { .. } => "log_id_unsupported_version",
+        LogIdCorruption::NonZeroReserved { .. } => "log_id_non_zero_reserved",
+        // Non-exhaustive too, for the same reason.
+        _ => "unknown",
+    }
+}
+
 /// The result of checking one segment.
 #[derive(Debug, Clone)]
 pub struct SegmentCheck {
@@ -248,7 +307,7 @@ impl SegmentCheck {
             (ProblemClass::TornHeader, _) => Cut::Segments { index, offset: 0 },
             // The segment itself is whole; the log stops being continuous where the next one
             // starts, so that is where it is cut.
-            (_, CorruptionKind::SegmentGap { .. }) => Cut::Segments {
+            (_, ProblemKind::Log(CorruptionKind::SegmentGap { .. })) => Cut::Segments {
                 index: index + 1,
                 offset: 0,
             },
@@ -352,7 +411,7 @@ pub fn check_segment(
             segment: Some(id),
             path: path.clone(),
             offset,
-            kind,
+            kind: ProblemKind::Log(kind),
         })
     };
     let problem = match scan.outcome.clone() {
@@ -494,14 +553,87 @@ pub fn check_marker(
                 segment: Some(last.id),
                 path: path.clone(),
                 offset: None,
-                kind: CorruptionKind::MarkerMismatch { reason },
+                kind: ProblemKind::Log(CorruptionKind::MarkerMismatch { reason }),
             }),
             path,
         },
     })
 }
 
-/// The result of checking every segment and the marker.
+/// What the `log-id` file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogIdState {
+    /// No file: a log written before log ids (the writer creates one at its next open), or one
+    /// never opened by a writer.
+    Absent,
+    /// A valid file holding this id.
+    Valid(LogId),
+    /// A file that does not decode; the writer refuses to open the log.
+    Damaged,
+}
+
+impl LogIdState {
+    /// Stable machine name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogIdState::Absent => "absent",
+            LogIdState::Valid(_) => "valid",
+            LogIdState::Damaged => "damaged",
+        }
+    }
+
+    /// The id, when the file holds a valid one.
+    pub fn id(self) -> Option<LogId> {
+        match self {
+            LogIdState::Valid(id) => Some(id),
+            LogIdState::Absent | LogIdState::Damaged => None,
+        }
+    }
+}
+
+/// The result of checking the `log-id` file.
+#[derive(Debug, Clone)]
+pub struct LogIdCheck {
+    /// What the file says.
+    pub state: LogIdState,
+    /// The file.
+    pub path: PathBuf,
+    /// The problem when it is damaged.
+    pub problem: Option<Problem>,
+}
+
+/// Checks the `log-id` file with the engine's own reader, so the tool calls damaged exactly what
+/// `Wal::open` refuses. Reads only: the engine's read neither writes nor syncs.
+///
+/// # Errors
+/// When the file exists but cannot be read.
+pub fn check_log_id(fs: &dyn FileSystem, log: &LogDir) -> anyhow::Result<LogIdCheck> {
+    let path = log.log_id_path();
+    let (state, problem) = match read_log_id(fs, &log.path) {
+        Ok(None) => (LogIdState::Absent, None),
+        Ok(Some(id)) => (LogIdState::Valid(id), None),
+        Err(Error::LogIdCorrupt { kind, .. }) => (
+            LogIdState::Damaged,
+            Some(Problem {
+                class: ProblemClass::DamagedLogId,
+                segment: None,
+                path: path.clone(),
+                offset: None,
+                kind: ProblemKind::LogId(kind),
+            }),
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read log id {}", path.display()))
+        }
+    };
+    Ok(LogIdCheck {
+        state,
+        path,
+        problem,
+    })
+}
+
+/// The result of checking every segment, the marker and the log id.
 #[derive(Debug, Clone)]
 pub struct LogCheck {
     /// The log that was checked.
@@ -510,31 +642,36 @@ pub struct LogCheck {
     pub segments: Vec<SegmentCheck>,
     /// The clean-shutdown marker.
     pub marker: MarkerCheck,
+    /// The `log-id` file.
+    pub log_id: LogIdCheck,
 }
 
 impl LogCheck {
-    /// Checks every segment and the marker.
+    /// Checks every segment, the marker and the log id.
     ///
     /// # Errors
-    /// When a segment or the marker cannot be read.
+    /// When a segment, the marker or the log id cannot be read.
     pub fn run(fs: &dyn FileSystem, log: &LogDir) -> anyhow::Result<LogCheck> {
         let segments = (0..log.segments.len())
             .map(|index| check_segment(fs, log, index, &mut |_, _| {}))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let marker = check_marker(fs, log, segments.last())?;
+        let log_id = check_log_id(fs, log)?;
         Ok(LogCheck {
             log: log.clone(),
             segments,
             marker,
+            log_id,
         })
     }
 
-    /// Every problem, in log order, the marker's last.
+    /// Every problem, in log order, then the marker's, then the log id's.
     pub fn problems(&self) -> Vec<&Problem> {
         self.segments
             .iter()
             .filter_map(|s| s.problem.as_ref())
             .chain(self.marker.problem.as_ref())
+            .chain(self.log_id.problem.as_ref())
             .collect()
     }
 
@@ -597,7 +734,8 @@ impl Totals {
 mod tests {
     use super::*;
 
-    /// Proves every kind the engine knows today has its own machine name (none is `unknown`).
+    /// Proves every kind the engine knows today, of segments and of the log id, has its own
+    /// machine name (none is `unknown`, no two are the same).
     #[test]
     fn every_known_kind_has_a_name() {
         let kinds = [
@@ -638,8 +776,26 @@ mod tests {
             CorruptionKind::TrailingBytes { len: 1 },
             CorruptionKind::MarkerMismatch { reason: "x" },
         ];
-        let names: std::collections::HashSet<&str> = kinds.iter().map(kind_name).collect();
-        assert_eq!(names.len(), kinds.len(), "names are distinct");
+        let log_id_kinds = [
+            LogIdCorruption::WrongLength { len: 0 },
+            LogIdCorruption::BadMagic,
+            LogIdCorruption::Checksum {
+                expected: 0,
+                actual: 1,
+            },
+            LogIdCorruption::UnsupportedVersion { version: 2 },
+            LogIdCorruption::NonZeroReserved { reserved: 1 },
+        ];
+        let names: std::collections::HashSet<&str> = kinds
+            .iter()
+            .map(kind_name)
+            .chain(log_id_kinds.iter().map(log_id_kind_name))
+            .collect();
+        assert_eq!(
+            names.len(),
+            kinds.len() + log_id_kinds.len(),
+            "names are distinct"
+        );
         assert!(!names.contains("unknown"));
     }
 }

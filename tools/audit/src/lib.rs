@@ -5,11 +5,11 @@
 //! which bytes are valid. Every command but `repair` is read-only and takes no lock.
 //!
 //! # Layout
-//! - [`check`]: locating the log directory, checking one segment, the clean-shutdown marker and
-//!   the whole log; the [`check::Problem`] type every command reports.
+//! - [`check`]: locating the log directory, checking one segment, the clean-shutdown marker, the
+//!   `log-id` file and the whole log; the [`check::Problem`] type every command reports.
 //! - [`output`]: the output format, the JSON Lines `{type, data}` envelope and the JSON shapes.
 //! - [`verify`]: `verify` — every frame of every segment, exit 1 on problems.
-//! - [`stat`]: `stat` — counts, positions, bytes and a per-segment table.
+//! - [`stat`]: `stat` — the log id, counts, positions, bytes and a per-segment table.
 //! - [`dump`]: `dump` — records from a position, one line each, decoded as events with the
 //!   store's codec (`hybridstore::events`); records that do not decode are shown with the reason.
 //! - [`repair`]: `repair` — the only command that writes: takes the writer lock, backs up what it

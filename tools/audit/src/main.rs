@@ -27,9 +27,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check every frame of every segment; exit 1 if any problem is found.
+    /// Check every frame of every segment, the marker and the log id; exit 1 if any problem is
+    /// found.
     Verify(CommonArgs),
-    /// Counts, positions, bytes, the clean-shutdown marker and a per-segment table.
+    /// The log id, counts, positions, bytes, the clean-shutdown marker and a per-segment table.
     Stat(CommonArgs),
     /// Print records decoded as events, one per line, from a position on.
     ///

@@ -8,7 +8,7 @@ use hybridstore_wal::format::SegmentId;
 use hybridstore_wal::recovery::SegmentRole;
 use serde::Serialize;
 
-use crate::check::{LogCheck, MarkerState, Problem, SegmentCheck, Totals};
+use crate::check::{LogCheck, LogIdState, MarkerState, Problem, SegmentCheck, Totals};
 
 /// How a command prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -99,17 +99,17 @@ pub fn role_name(role: SegmentRole) -> &'static str {
 /// A problem as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProblemJson {
-    /// `corrupt`, `torn_tail`, `torn_header` or `stale_marker`.
+    /// `corrupt`, `torn_tail`, `torn_header`, `stale_marker` or `damaged_log_id`.
     pub class: &'static str,
     /// The segment id, if the problem is in (or about) a segment.
     pub segment: Option<u64>,
     /// The segment's file name.
     pub segment_file: Option<String>,
-    /// The file holding the problem.
+    /// The file holding the problem (a segment, the marker, or `log-id`).
     pub path: String,
     /// Byte offset in the segment file.
     pub offset: Option<u64>,
-    /// Stable machine name of the kind (`frame_body_checksum`, …).
+    /// Stable machine name of the kind (`frame_body_checksum`, `log_id_checksum`, …).
     pub kind: &'static str,
     /// The kind, for people.
     pub message: String,
@@ -153,11 +153,21 @@ pub struct SummaryJson {
     pub end_position: Option<u64>,
     /// State of the clean-shutdown marker (`absent`, `matches`, `invalid`, `ignored`, `mismatch`).
     pub clean_shutdown_marker: &'static str,
+    /// The log id (lowercase hyphenated UUID), when `log-id` holds a valid one.
+    pub log_id: Option<String>,
+    /// State of the `log-id` file (`absent`, `valid`, `damaged`).
+    pub log_id_file: &'static str,
 }
 
 impl SummaryJson {
     /// The summary of a finished check.
-    pub fn new(dir: &str, totals: &Totals, problem_count: usize, marker: MarkerState) -> Self {
+    pub fn new(
+        dir: &str,
+        totals: &Totals,
+        problem_count: usize,
+        marker: MarkerState,
+        log_id: LogIdState,
+    ) -> Self {
         SummaryJson {
             dir: dir.to_owned(),
             clean: problem_count == 0,
@@ -168,6 +178,8 @@ impl SummaryJson {
             first_position: totals.first_position.map(|p| p.0),
             end_position: totals.end_position.map(|p| p.0),
             clean_shutdown_marker: marker.name(),
+            log_id: log_id.id().map(|id| id.to_string()),
+            log_id_file: log_id.name(),
         }
     }
 
@@ -178,6 +190,7 @@ impl SummaryJson {
             &check.totals(),
             check.problems().len(),
             check.marker.state,
+            check.log_id.state,
         )
     }
 }

@@ -14,9 +14,12 @@
 //!    gap, the one after it) and every later one into the backup.
 //! 4. The clean-shutdown marker is removed, first, whenever the last segment changes, and when it
 //!    disagrees with the segments.
+//! 5. The `log-id` file is never touched. A damaged one stays a problem (exit 1) until the
+//!    operator restores it from a backup: a new id would not match what the log's sinks recorded.
 //!
-//! After a repair, `hybridstore_wal::Wal::open` on the directory succeeds: every remaining segment
-//! is whole, and the last one ends at a valid frame followed by zeros or the end of the file.
+//! After a repair, `hybridstore_wal::Wal::open` on the directory succeeds (unless `log-id` is
+//! damaged): every remaining segment is whole, and the last one ends at a valid frame followed by
+//! zeros or the end of the file.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -409,6 +412,13 @@ pub fn repair(
     if check.problems().is_empty() {
         print_note(out, format, "nothing to repair: the log is clean")?;
         return print_result(&check, format, out);
+    }
+    if check.log_id.problem.is_some() {
+        print_note(
+            out,
+            format,
+            "the log id file is damaged; repair leaves it alone: restore it from a backup of the log directory",
+        )?;
     }
     let existing = existing_backups(fs, &log.path.join(BACKUP_DIR_NAME))?;
     let steps = match plan(&check, &existing) {

@@ -1,5 +1,5 @@
-//! `stat`: counts (segments, frames, records, bytes), the first and last position, the
-//! clean-shutdown marker and a per-segment table. JSON output is one document. Read-only, no
+//! `stat`: the log id, counts (segments, frames, records, bytes), the first and last position,
+//! the clean-shutdown marker and a per-segment table. JSON output is one document. Read-only, no
 //! lock.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use hybridstore_wal::io::FileSystem;
 use serde::Serialize;
 
-use crate::check::{LogCheck, LogDir};
+use crate::check::{LogCheck, LogDir, LogIdState};
 use crate::output::{ProblemJson, SegmentJson};
 use crate::{Format, Verdict};
 
@@ -17,6 +17,10 @@ use crate::{Format, Verdict};
 pub struct StatJson {
     /// The log directory.
     pub dir: String,
+    /// The log id (lowercase hyphenated UUID), when `log-id` holds a valid one.
+    pub log_id: Option<String>,
+    /// State of the `log-id` file (`absent`, `valid`, `damaged`).
+    pub log_id_file: &'static str,
     /// Segment files.
     pub segment_count: u64,
     /// Valid frames.
@@ -58,6 +62,8 @@ pub fn stat(
     let problems = check.problems();
     let document = StatJson {
         dir: log.path.display().to_string(),
+        log_id: check.log_id.state.id().map(|id| id.to_string()),
+        log_id_file: check.log_id.state.name(),
         segment_count: totals.segment_count,
         frame_count: totals.frame_count,
         record_count: totals.record_count,
@@ -76,7 +82,7 @@ pub fn stat(
             serde_json::to_writer_pretty(&mut *out, &document).map_err(std::io::Error::from)?;
             writeln!(out)?;
         }
-        Format::Human => write_human(&document, out)?,
+        Format::Human => write_human(&document, check.log_id.state, out)?,
     }
     for problem in &problems {
         if format == Format::Human {
@@ -87,9 +93,17 @@ pub fn stat(
     Ok(Verdict::from_problem_count(problems.len()))
 }
 
-fn write_human(stat: &StatJson, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_human(stat: &StatJson, log_id: LogIdState, out: &mut dyn Write) -> std::io::Result<()> {
     let optional = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
     writeln!(out, "log directory: {}", stat.dir)?;
+    match log_id {
+        LogIdState::Valid(id) => writeln!(out, "log id:        {id}")?,
+        LogIdState::Damaged => writeln!(out, "log id:        damaged (see the problem below)")?,
+        LogIdState::Absent => writeln!(
+            out,
+            "log id:        none (a log written before log ids; the writer creates one at its next open)"
+        )?,
+    }
     writeln!(out, "segments:      {}", stat.segment_count)?;
     writeln!(out, "frames:        {}", stat.frame_count)?;
     writeln!(out, "records:       {}", stat.record_count)?;

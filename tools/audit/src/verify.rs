@@ -1,13 +1,15 @@
 //! `verify`: checks every frame of every segment (both checksums, structure, positions), that
-//! sealed segments end exactly at their last frame and line up with the next segment, and the
-//! clean-shutdown marker; reports every problem. Read-only, no lock.
+//! sealed segments end exactly at their last frame and line up with the next segment, the
+//! clean-shutdown marker, and the `log-id` file (a damaged one is a problem: the writer refuses
+//! to open the log; a missing one is not: the writer creates it); reports every problem.
+//! Read-only, no lock.
 
 use std::io::Write;
 
 use anyhow::Context as _;
 use hybridstore_wal::io::FileSystem;
 
-use crate::check::{check_marker, check_segment, LogDir, Totals};
+use crate::check::{check_log_id, check_marker, check_segment, LogDir, Totals};
 use crate::output::{human_summary, write_json_line, ProblemJson, SegmentJson, SummaryJson};
 use crate::{Format, Verdict};
 
@@ -40,7 +42,8 @@ pub fn verify(
         last = Some(segment);
     }
     let marker = check_marker(fs, log, last.as_ref())?;
-    if let Some(problem) = &marker.problem {
+    let log_id = check_log_id(fs, log)?;
+    for problem in marker.problem.iter().chain(&log_id.problem) {
         problem_count += 1;
         match format {
             Format::Human => writeln!(out, "{problem}")?,
@@ -57,6 +60,7 @@ pub fn verify(
                 &totals,
                 problem_count,
                 marker.state,
+                log_id.state,
             ),
         )?,
     }

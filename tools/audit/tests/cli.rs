@@ -12,8 +12,9 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 use hybridstore_wal::format::{FrameHeader, SEGMENT_HEADER_LEN};
+use hybridstore_wal::identity::{LogIdFile, LOG_ID_FILE_NAME};
 use hybridstore_wal::marker::MARKER_FILE_NAME;
-use hybridstore_wal::{Durability, Options, Position, Wal};
+use hybridstore_wal::{Durability, LogId, Options, Position, Wal};
 use serde_json::Value;
 
 fn stdout(output: &Output) -> String {
@@ -365,6 +366,151 @@ fn stat_torn_fixture_shows_problem() {
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0]["class"], "torn_tail");
     assert_eq!(problems[0]["offset"], TORN_OFFSET);
+}
+
+/// Proves `stat` shows the log id: none for the fixture (written before log ids) in text and JSON,
+/// then, after a writer opened the log, the id the writer returned; `verify`'s JSON summary
+/// carries it too, and neither treats a missing id as a problem.
+#[test]
+fn stat_shows_the_log_id() {
+    let (_tmp, dir) = copy(CLEAN);
+    let output = audit([Path::new("stat"), &dir]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("log id:        none (a log written before log ids; the writer creates one at its next open)\n"),
+        "{text}"
+    );
+    let json = audit([
+        Path::new("stat"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    let document: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(document["log_id"], Value::Null);
+    assert_eq!(document["log_id_file"], "absent");
+
+    let wal = Wal::open(&dir, fixture_options()).unwrap();
+    let id = wal.log_id().unwrap();
+    wal.close().unwrap();
+    let output = audit([Path::new("stat"), &dir]);
+    assert_eq!(code(&output), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains(&format!("log id:        {id}\n")), "{text}");
+    let json = audit([
+        Path::new("stat"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    let document: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(document["log_id"], id.to_string());
+    assert_eq!(document["log_id_file"], "valid");
+
+    let verify = audit([
+        Path::new("verify"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&verify), Some(0));
+    let lines = json_lines(&stdout(&verify));
+    let summary = &lines.last().unwrap()["data"];
+    assert_eq!(summary["log_id"], id.to_string());
+    assert_eq!(summary["log_id_file"], "valid");
+}
+
+/// A copy of the clean fixture with a `log-id` (as a writer leaves it), whose bytes are then
+/// replaced by `damage` of them.
+fn clean_copy_with_log_id(damage: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dir) = copy(CLEAN);
+    let mut bytes = LogIdFile {
+        id: LogId::from_bytes([0x5A; 16]),
+    }
+    .encode()
+    .to_vec();
+    damage(&mut bytes);
+    fs::write(dir.join(LOG_ID_FILE_NAME), bytes).unwrap();
+    (tmp, dir)
+}
+
+/// Proves `verify` reports a damaged `log-id` as a problem (exit 1) naming the file, the damage
+/// (human text and machine name) and what to do, in text and JSON, and that `stat` shows it;
+/// the rest of the log still verifies.
+#[test]
+fn verify_reports_a_damaged_log_id() {
+    let (_tmp, dir) = clean_copy_with_log_id(|bytes| bytes[20] ^= 0x01);
+    let path = dir.join(LOG_ID_FILE_NAME);
+    let output = audit([Path::new("verify"), &dir]);
+    assert_eq!(code(&output), Some(1), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "one problem and the summary: {text}");
+    let problem = lines[0];
+    assert!(
+        problem.starts_with(&format!(
+            "damaged log id: {}: log id checksum mismatch",
+            path.display()
+        )),
+        "{problem}"
+    );
+    assert!(problem.contains("[log_id_checksum]"), "{problem}");
+    assert!(
+        problem.contains("restore `log-id` from a backup"),
+        "{problem}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("1 problem (3 segments checked, {RECORD_COUNT} valid records)")
+    );
+
+    let json = audit([
+        Path::new("verify"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&json), Some(1));
+    let lines = json_lines(&stdout(&json));
+    let problems: Vec<&Value> = lines.iter().filter(|l| l["type"] == "problem").collect();
+    assert_eq!(problems.len(), 1);
+    let problem = &problems[0]["data"];
+    assert_eq!(problem["class"], "damaged_log_id");
+    assert_eq!(problem["kind"], "log_id_checksum");
+    assert_eq!(problem["path"], path.display().to_string());
+    assert_eq!(problem["segment"], Value::Null);
+    assert_eq!(problem["offset"], Value::Null);
+    let summary = &lines.last().unwrap()["data"];
+    assert_eq!(summary["log_id"], Value::Null);
+    assert_eq!(summary["log_id_file"], "damaged");
+
+    let stat = audit([Path::new("stat"), &dir]);
+    assert_eq!(code(&stat), Some(1));
+    assert!(
+        stdout(&stat).contains("log id:        damaged (see the problem below)\n"),
+        "{}",
+        stdout(&stat)
+    );
+
+    let (_tmp, truncated) = clean_copy_with_log_id(|bytes| bytes.truncate(10));
+    let json = audit([
+        Path::new("verify"),
+        &truncated,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&json), Some(1));
+    let lines = json_lines(&stdout(&json));
+    let problem = lines.iter().find(|l| l["type"] == "problem").unwrap();
+    assert_eq!(problem["data"]["kind"], "log_id_wrong_length");
+    assert!(
+        problem["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 bytes long, expected 36"),
+        "{problem}"
+    );
 }
 
 // -------------------------------------------------------------------------------------- dump
@@ -926,6 +1072,38 @@ fn repair_refuses_while_writer_holds_lock() {
     );
     assert_eq!(snapshot(&dir), before);
     wal.close().unwrap();
+}
+
+/// Proves `repair` never touches `log-id`: cutting a torn or corrupt log keeps its bytes (and the
+/// writer then opens the log with that id), and a damaged one is left as it was, with a note
+/// saying so, nothing else changed, and exit 1 since the problem remains.
+#[test]
+fn repair_leaves_the_log_id_alone() {
+    let id = LogId::from_bytes([0x33; 16]);
+    let encoded = LogIdFile { id }.encode();
+    for name in [TORN, CORRUPT] {
+        let (_tmp, dir) = copy(name);
+        let path = dir.join(LOG_ID_FILE_NAME);
+        fs::write(&path, encoded).unwrap();
+        let output = audit([Path::new("repair"), &dir]);
+        assert_eq!(code(&output), Some(0), "{name}: {}", stdout(&output));
+        assert_eq!(fs::read(&path).unwrap(), encoded, "{name}");
+        let wal = Wal::open(&dir, fixture_options()).unwrap();
+        assert_eq!(wal.log_id(), Some(id), "{name}");
+        wal.close().unwrap();
+    }
+
+    let (_tmp, dir) = clean_copy_with_log_id(|bytes| bytes[0] = b'X');
+    let before = snapshot(&dir);
+    let output = audit([Path::new("repair"), &dir]);
+    assert_eq!(code(&output), Some(1), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("the log id file is damaged; repair leaves it alone"),
+        "{text}"
+    );
+    assert!(text.contains("[log_id_bad_magic]"), "{text}");
+    assert_eq!(snapshot(&dir), before);
 }
 
 /// Proves `repair` on a clean log does nothing and exits 0.

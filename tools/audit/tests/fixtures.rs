@@ -16,6 +16,7 @@ use hybridstore_wal::format::{
     encode_frame, FrameHeader, Position, FRAME_HEADER_LEN, RECORD_LEN_PREFIX_LEN,
     SEGMENT_HEADER_LEN,
 };
+use hybridstore_wal::identity::LOG_ID_FILE_NAME;
 use hybridstore_wal::marker::MARKER_FILE_NAME;
 use hybridstore_wal::{Options, Wal};
 
@@ -53,7 +54,8 @@ fn generate(name: &str, dir: &Path) {
     }
 }
 
-/// Writes `RECORD_COUNT` records in batches of `BATCH_SIZES` and closes the log cleanly.
+/// Writes `RECORD_COUNT` records in batches of `BATCH_SIZES`, closes the log cleanly, and removes
+/// its `log-id`.
 fn write_clean_log(dir: &Path) {
     let options = Options {
         segment_size_bytes: SEGMENT_SIZE_BYTES,
@@ -78,6 +80,9 @@ fn write_clean_log(dir: &Path) {
     );
     wal.close().unwrap();
     assert!(dir.join(MARKER_FILE_NAME).exists());
+    // The fixtures are logs as written before log ids (segments and marker are byte for byte
+    // what that version wrote), so that the tests keep proving such logs open and get an id.
+    fs::remove_file(dir.join(LOG_ID_FILE_NAME)).unwrap();
 }
 
 /// The offsets of the frames of a segment file, walked by their headers.
