@@ -20,6 +20,7 @@ pub mod events;
 pub mod ids;
 pub mod legacy;
 pub mod projection;
+pub mod read;
 pub mod sink;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -6,7 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hybridstore::sink::postgres::verify::verify;
-use hybridstore::sink::postgres::{PgProjector, ProjectorConfig};
+use hybridstore::sink::postgres::{PgSink, ProjectorConfig};
+use hybridstore::sink::RunnerConfig;
 use hybridstore::testing::{
     append_workload, dump_tables, password_refusing_server, TcpProxy, TestDb,
 };
@@ -30,12 +31,12 @@ fn hybridstore(args: &[&str]) -> Output {
 /// Projects `store` into `db` in-process until every durable event is committed.
 async fn project_all(store: &Store, db: &TestDb) {
     let pool = db.pool().await;
-    let projector = PgProjector::start(store.clone(), pool, ProjectorConfig::default())
+    let projector = PgSink::start(store.clone(), pool, ProjectorConfig::default())
         .await
         .expect("projector starts");
     assert!(
         projector
-            .wait_for(store.durable_end(), Duration::from_secs(60))
+            .wait_for(store.last_position().unwrap(), Duration::from_secs(60))
             .await,
         "the projector did not catch up: {:?}",
         projector.status()
@@ -145,7 +146,7 @@ async fn component_enabled_later_is_backfilled() {
     append_workload(&store, 500, 9).await;
     let db = TestDb::create("backfill").await;
     let some = ComponentSet::parse_list("users,conversations").unwrap();
-    let projector = PgProjector::start(
+    let projector = PgSink::start(
         store.clone(),
         db.pool().await,
         ProjectorConfig {
@@ -157,7 +158,7 @@ async fn component_enabled_later_is_backfilled() {
     .unwrap();
     assert!(
         projector
-            .wait_for(store.durable_end(), Duration::from_secs(60))
+            .wait_for(store.last_position().unwrap(), Duration::from_secs(60))
             .await
     );
     projector.stop().await;
@@ -281,11 +282,14 @@ async fn survives_a_database_outage() {
         .host(&proxy.addr.ip().to_string())
         .port(proxy.addr.port());
     let pool = through_proxy.connect().await.unwrap();
-    let projector = PgProjector::start(
+    let projector = PgSink::start(
         store.clone(),
         pool,
         ProjectorConfig {
-            backoff_max: Duration::from_millis(300),
+            runner: RunnerConfig {
+                backoff_max: Duration::from_millis(300),
+                ..Default::default()
+            },
             ..Default::default()
         },
     )
@@ -307,7 +311,7 @@ async fn survives_a_database_outage() {
     let outage_end = Instant::now() + Duration::from_millis(1200);
     let mut reads = 0;
     while Instant::now() < outage_end {
-        saw_retry |= projector.status().retrying_after.is_some();
+        saw_retry |= projector.status().retrying_after().is_some();
         // Reads of the log projection, read-your-writes included, go on meanwhile.
         let durable = store.durable_end();
         let applied = store
@@ -326,11 +330,13 @@ async fn survives_a_database_outage() {
     let end = store.durable_end();
     assert!(committed_during_outage < end);
     assert!(
-        projector.wait_for(end, Duration::from_secs(60)).await,
+        projector
+            .wait_for(store.last_position().unwrap(), Duration::from_secs(60))
+            .await,
         "the projector did not resume: {:?}",
         projector.status()
     );
-    assert_eq!(projector.status().retrying_after, None);
+    assert_eq!(projector.status().retrying_after(), None);
     projector.stop().await;
     assert_caught_up(&db, dir.path(), end).await;
     store.close().await.unwrap();
@@ -456,7 +462,7 @@ async fn deterministic_failure_stops_the_projector() {
                 .unwrap();
         }
     }
-    let projector = PgProjector::start(store.clone(), db.pool().await, ProjectorConfig::default())
+    let projector = PgSink::start(store.clone(), db.pool().await, ProjectorConfig::default())
         .await
         .unwrap();
     let mut status = projector.watch();
@@ -469,7 +475,8 @@ async fn deterministic_failure_stops_the_projector() {
     .unwrap()
     .stopped
     .clone()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(stopped.contains("settings is not an object"), "{stopped}");
     projector.stop().await;
     store.close().await.unwrap();

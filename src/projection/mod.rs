@@ -28,7 +28,7 @@ mod users;
 mod views;
 
 pub use keys::Keys;
-pub use replay::replay_log;
+pub use replay::{event_at, replay_log};
 pub use views::{
     ConversationHead, ConversationView, DailyCounters, Direction, MessageView, ProfileDocument,
     UserView,

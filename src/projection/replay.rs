@@ -127,3 +127,22 @@ fn decode_chunks(
         }
     }
 }
+
+/// The event at `position` of `wal`, if it is durable there.
+///
+/// # Errors
+/// A log error (`position` truncated away, a damaged segment) or [`StoreError::Decode`].
+pub fn event_at(wal: &Wal, position: Position) -> Result<Option<RecordedEvent>> {
+    if position >= wal.durable_end() {
+        return Ok(None);
+    }
+    let Some(record) = wal.reader(position)?.next_record()? else {
+        return Ok(None);
+    };
+    crate::events::decode_record(record.position, &record.data)
+        .map(Some)
+        .map_err(|source| StoreError::Decode {
+            position: record.position,
+            source,
+        })
+}

@@ -55,9 +55,11 @@ pub(super) fn follow(
         if let Some(message) = failure {
             let end = projection.applied_end();
             drop(projection);
-            inner.applied.send_replace(end);
             tracing::error!("{message}");
+            // The error first, then the wake-up: a read waiting for a later position sees the
+            // error when it wakes and fails at once.
             *inner.tail_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+            inner.applied.send_replace(end);
             return;
         }
         let end = projection.applied_end();
@@ -70,5 +72,7 @@ pub(super) fn report_tail_error(inner: &std::sync::Weak<Inner>, message: String)
     tracing::error!("{message}");
     if let Some(inner) = inner.upgrade() {
         *inner.tail_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        // Wake the reads waiting for the projection: they fail at once with the reason.
+        inner.applied.send_modify(|_| {});
     }
 }

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use dashmap::DashMap;
-use hybridstore_wal::{Position, Wal};
+use hybridstore_wal::{LogId, Position, Wal};
 use tokio::sync::watch;
 
 use crate::error::{Result, StoreError};
@@ -61,6 +61,8 @@ struct Inner {
     tail_error: Mutex<Option<String>>,
     shutdown: Arc<AtomicBool>,
     tailer: Mutex<Option<JoinHandle<()>>>,
+    /// The log's id (a writable open always has one).
+    log_id: LogId,
 }
 
 /// The store: cheap to clone, `Send + Sync`.
@@ -106,6 +108,11 @@ impl Store {
     /// As [`Store::open`].
     pub fn open_blocking(config: StoreConfig) -> Result<Store> {
         let wal = Wal::open(config.wal_dir(), config.wal.clone())?;
+        let log_id = wal.log_id().ok_or_else(|| {
+            StoreError::Task(
+                "the log opened without an id (a writable open always gives one)".into(),
+            )
+        })?;
         let events = usize::try_from(wal.durable_end().0 - wal.first_position().0).unwrap_or(0);
         let indexes = Arc::new(Indexes::with_capacity(events));
         let mut projection = Projection::new(config.conversation_tail_len);
@@ -132,6 +139,7 @@ impl Store {
             tail_error: Mutex::new(None),
             shutdown: Arc::new(AtomicBool::new(false)),
             tailer: Mutex::new(None),
+            log_id,
         });
         let weak = Arc::downgrade(&inner);
         let from = stats.end;
@@ -153,6 +161,17 @@ impl Store {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
+    }
+
+    /// The id of the log (given when it was created; every sink records it with its cursors).
+    pub fn log_id(&self) -> LogId {
+        self.inner.log_id
+    }
+
+    /// The position of the last durable event (`None` for an empty log): what a read passes as
+    /// `min_position` to see everything durable now.
+    pub fn last_position(&self) -> Option<Position> {
+        self.durable_end().0.checked_sub(1).map(Position)
     }
 
     /// Position one past the last durable event.

@@ -12,6 +12,7 @@ use crate::error::{Result, StoreError};
 use crate::events::{decode_record, RecordedEvent};
 use crate::ids::{StreamId, StreamKind, StreamVersion};
 use crate::projection::Projection;
+use crate::read::reached;
 
 /// Which way to read a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,22 +46,29 @@ impl Store {
         Ok(read(&projection))
     }
 
+    /// Waits (bounded) until the projection has applied the event at `min`; a projection that
+    /// stopped fails the wait at once with its reason, instead of waiting out the bound.
     async fn wait_applied(&self, min: Position) -> Result<()> {
         let mut receiver = self.inner.applied.subscribe();
         let started = Instant::now();
         let wait = self.inner.config.read_wait_max;
-        let reached = tokio::time::timeout(wait, receiver.wait_for(|applied| *applied > min)).await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            _ if self.projection_error().is_some() => Err(StoreError::ProjectionStopped {
-                reason: self.projection_error().unwrap_or_default(),
-            }),
-            _ => Err(StoreError::NotCaughtUp {
-                min_position: min,
-                applied: *self.inner.applied.borrow(),
-                waited: started.elapsed(),
-            }),
+        let waited = tokio::time::timeout(
+            wait,
+            receiver
+                .wait_for(|applied| reached(*applied, min) || self.projection_error().is_some()),
+        )
+        .await;
+        if matches!(waited, Ok(Ok(ref applied)) if reached(**applied, min)) {
+            return Ok(());
         }
+        if let Some(reason) = self.projection_error() {
+            return Err(StoreError::ProjectionStopped { reason });
+        }
+        Err(StoreError::NotCaughtUp {
+            min_position: min,
+            applied: *self.inner.applied.borrow(),
+            waited: started.elapsed(),
+        })
     }
 
     /// Events of `stream` from version `from` in `direction`, at most `limit`.
@@ -247,8 +255,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotCaughtUp`].
     pub async fn projection_snapshot(&self) -> Result<Projection> {
-        let end = self.durable_end();
-        let min = (end.0 > 0).then(|| Position(end.0 - 1));
-        self.read_projection(min, Clone::clone).await
+        self.read_projection(self.last_position(), Clone::clone)
+            .await
     }
 }

@@ -240,30 +240,29 @@ fn project_command(
         };
         let config = hybridstore::sink::postgres::ProjectorConfig {
             components,
-            batch_events_max: batch_events,
-            ..Default::default()
+            runner: hybridstore::sink::RunnerConfig {
+                batch_events_max: batch_events,
+                ..Default::default()
+            },
         };
         let target = store.durable_end();
-        let projector = match hybridstore::sink::postgres::PgProjector::start(
-            store.clone(),
-            pool.clone(),
-            config,
-        )
-        .await
-        {
-            Ok(projector) => projector,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(2);
-            }
-        };
+        let projector =
+            match hybridstore::sink::postgres::PgSink::start(store.clone(), pool.clone(), config)
+                .await
+            {
+                Ok(projector) => projector,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
         let mut status = projector.watch();
         // `None`: interrupted or caught up; `Some(reason)`: the projector stopped on its own.
         let stopped = tokio::select! {
             _ = tokio::signal::ctrl_c() => None,
             s = status.wait_for(|s| s.stopped.is_some() || (until_caught_up && s.committed >= target)) => {
                 match s {
-                    Ok(s) => s.stopped.clone(),
+                    Ok(s) => s.stopped.as_ref().map(ToString::to_string),
                     Err(_) => Some("the projector ended unexpectedly".to_owned()),
                 }
             }

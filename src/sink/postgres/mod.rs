@@ -9,8 +9,9 @@
 //!   entries back set-based.
 //! - [`verify`]: every row compared with the log projection at the tables' checkpoint (what
 //!   `hybridstore-replay --verify` runs).
-//! - [`projector`]: the live projector — batches of durable events, rows and checkpoint in one
-//!   transaction, retry with backoff while Postgres is away.
+//! - [`sink`]: [`PgSink`], the read models as a [`crate::sink::Sink`] — one transaction per
+//!   batch, rows and checkpoints together.
+//! - [`mapping`]: what Postgres cannot hold as it is (U+0000), mapped reversibly.
 //!
 //! # Invariants
 //! - A component's rows and its checkpoint change in the same transaction: every event below the
@@ -21,11 +22,11 @@
 pub mod config;
 pub mod mapping;
 pub mod model;
-pub mod projector;
+pub mod sink;
 pub mod verify;
 
 pub use config::{describe, PgConfig};
-pub use projector::{PgProjector, ProjectorConfig, ProjectorStatus};
+pub use sink::{PgSink, ProjectorConfig};
 
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;

@@ -24,7 +24,7 @@ use common::{env_number, RunMode};
 use criterion::Criterion;
 use futures_util::StreamExt as _;
 use hybridstore::sink::postgres::model::component_tables;
-use hybridstore::sink::postgres::{PgProjector, ProjectorConfig};
+use hybridstore::sink::postgres::{PgSink, ProjectorConfig};
 use hybridstore::testing::{append_chat_history, TestDb};
 use hybridstore::{Component, ComponentSet, Store, StoreConfig};
 use hybridstore_replay::rebuild::{rebuild, From, Outcome, RebuildConfig, RebuildSummary};
@@ -184,10 +184,9 @@ fn report_lag(out: &mut String, mode: &RunMode, runtime: &tokio::runtime::Runtim
             .await
             .expect("open the store");
         let db = TestDb::create("bench_lag").await;
-        let projector =
-            PgProjector::start(store.clone(), db.pool().await, ProjectorConfig::default())
-                .await
-                .expect("projector");
+        let projector = PgSink::start(store.clone(), db.pool().await, ProjectorConfig::default())
+            .await
+            .expect("projector");
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
         let commits = {
             let mut status = projector.watch();
@@ -236,8 +235,8 @@ fn report_lag(out: &mut String, mode: &RunMode, runtime: &tokio::runtime::Runtim
             });
         }
         while appenders.join_next().await.is_some() {}
-        let end = store.durable_end();
-        assert!(projector.wait_for(end, Duration::from_secs(30)).await);
+        let last = store.last_position().expect("events appended");
+        assert!(projector.wait_for(last, Duration::from_secs(30)).await);
         projector.stop().await;
         let commits = commits.await.expect("the watcher");
         let acked = acked.lock().expect("not poisoned").clone();

@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use hybridstore::ids::{Component, ComponentSet};
 use hybridstore::projection::keys::{self, Keys};
-use hybridstore::projection::{replay_log, Projection};
+use hybridstore::projection::{event_at, replay_log, Projection};
 use hybridstore::sink::postgres::model::{self, component_tables, MessageRow, Rows};
+use hybridstore::sink::{check_identity, Cursor};
 use hybridstore_wal::Position;
+use hybridstore_wal::{LogId, Wal};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::progress::Progress;
@@ -200,7 +202,84 @@ pub async fn rebuild(
     let started = Instant::now();
     hybridstore::sink::postgres::migrate(pool).await?;
     let log = hybridstore::sink::postgres::verify::open_log(&config.data_dir)?;
+    let log_id = log.log_id().with_context(|| {
+        format!(
+            "the log in {} has no id yet (it was written before logs had ids): open it once with \
+             the store (any hybridstore command on this data directory, or the bot's process), \
+             then run the replay again",
+            config.data_dir.display()
+        )
+    })?;
+    let live = live_schema(pool).await?;
+    let source = describe_source(pool, &live, log_id, config).await?;
+    // A connection of its own (not pooled): the rebuild's advisory lock lives and dies with it.
+    let mut conn = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .context("connecting")?;
+    lock_out_other_rebuilds(&mut conn).await?;
+    let state = resume_or_create(&mut conn, &log, log_id, &live, &source, config).await?;
+    let from = position_of(state.from_position);
+    let to = position_of(state.to_position);
+    let next = position_of(state.next_position);
     let log_end = log.durable_end();
+    ensure!(
+        to <= log_end,
+        "the interrupted replay ends at {to}, beyond the end of the log ({log_end})"
+    );
+    let resumed_at = (next > from).then_some(next);
+    if let Some(at) = resumed_at {
+        tracing::info!(%at, "resuming an interrupted replay");
+    }
+    // What the swap records as the last event applied: the sinks check it against the log.
+    let cursor = Cursor {
+        next: to,
+        last_event: match to.0.checked_sub(1) {
+            Some(last) => event_at(&log, Position(last))?.map(|e| e.event_id),
+            None => None,
+        },
+    };
+    // The projection to continue from: what the staging tables hold (empty for a fresh start).
+    let mut projection = Projection::with_components(0, config.components);
+    if next > Position(0) {
+        let mut tx = conn.begin_staging().await?;
+        model::load(&mut tx, Rows::All, &mut projection).await?;
+        tx.commit().await?;
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "staging ready"
+    );
+    let span = Span { from, next, to };
+    let next = match replay_chunks(&mut conn, log, projection, span, config, interrupt).await? {
+        Replayed::Done(next) => next,
+        Replayed::Interrupted(at) => return Ok(Outcome::Interrupted { at }),
+    };
+    ensure!(
+        next == to,
+        "the log ended at {next} before the replay's end {to}"
+    );
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replayed; swapping in"
+    );
+    let rows = swap_in(&mut conn, &live, config.components, log_id, cursor).await?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "swapped in"
+    );
+    Ok(Outcome::Done(RebuildSummary {
+        components: config.components,
+        from,
+        to,
+        resumed_at,
+        events: to.0 - span.next.0,
+        rows,
+        elapsed: started.elapsed(),
+    }))
+}
+
+/// The schema of the live read models (the connection's current schema).
+async fn live_schema(pool: &PgPool) -> anyhow::Result<String> {
     let live: String = sqlx::query_scalar("SELECT current_schema()")
         .fetch_one(pool)
         .await
@@ -212,6 +291,18 @@ pub async fn rebuild(
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
         "the read models' schema {live:?} is not a plain lower-case identifier"
     );
+    Ok(live)
+}
+
+/// What is rebuilt from what: the live schema, the log (its id and directory), the schema
+/// version. A resume must match it: another log, or tables of another version, must not be
+/// mixed in.
+async fn describe_source(
+    pool: &PgPool,
+    live: &str,
+    log_id: LogId,
+    config: &RebuildConfig,
+) -> anyhow::Result<String> {
     let version: i64 =
         sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)
@@ -221,16 +312,23 @@ pub async fn rebuild(
         .data_dir
         .canonicalize()
         .unwrap_or_else(|_| config.data_dir.clone());
-    let source = format!(
-        "schema {live}, log {}, migration {version}",
+    Ok(format!(
+        "schema {live}, log {log_id} in {}, migration {version}",
         log_dir.display()
-    );
-    // A connection of its own (not pooled): the rebuild's advisory lock lives and dies with it.
-    let mut conn = PgConnection::connect_with(&pool.connect_options())
-        .await
-        .context("connecting")?;
-    lock_out_other_rebuilds(&mut conn).await?;
-    let state = match read_state(&mut conn).await? {
+    ))
+}
+
+/// Step 1: the interrupted rebuild to resume (with the same arguments and source), or a new
+/// staging schema.
+async fn resume_or_create(
+    conn: &mut PgConnection,
+    log: &Wal,
+    log_id: LogId,
+    live: &str,
+    source: &str,
+    config: &RebuildConfig,
+) -> anyhow::Result<State> {
+    match read_state(conn).await? {
         Some(state) if !config.fresh => {
             if state.source != source {
                 bail!(
@@ -255,9 +353,10 @@ pub async fn rebuild(
                     state.to_position
                 );
             }
-            state
+            Ok(state)
         }
         _ => {
+            let log_end = log.durable_end();
             let to = match config.to {
                 Some(to) if to > log_end => {
                     bail!("--to {to} is beyond the end of the log ({log_end})")
@@ -265,44 +364,50 @@ pub async fn rebuild(
                 Some(to) => to,
                 None => log_end,
             };
-            create_staging(&mut conn, &live, &source, config, to).await?
+            create_staging(conn, log, log_id, live, source, config, to).await
         }
-    };
-    let from = position_of(state.from_position);
-    let to = position_of(state.to_position);
-    let mut next = position_of(state.next_position);
-    ensure!(
-        to <= log_end,
-        "the interrupted replay ends at {to}, beyond the end of the log ({log_end})"
-    );
-    let resumed_at = (next > from).then_some(next);
-    if let Some(at) = resumed_at {
-        tracing::info!(%at, "resuming an interrupted replay");
     }
-    // The projection to continue from: what the staging tables hold (empty for a fresh start).
-    let mut projection = Projection::with_components(0, config.components);
-    if next > Position(0) {
-        let mut tx = conn.begin_staging().await?;
-        model::load(&mut tx, Rows::All, &mut projection).await?;
-        tx.commit().await?;
-    }
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "staging ready"
-    );
-    let replayed_from = next;
+}
+
+/// Where a replay stands: it started at `from`, goes on at `next`, ends at `to`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    from: Position,
+    next: Position,
+    to: Position,
+}
+
+/// How [`replay_chunks`] ended: where every committed chunk reaches.
+enum Replayed {
+    /// The reader ran out of events (at `to`, or earlier if the log ended).
+    Done(Position),
+    /// `interrupt` came first.
+    Interrupted(Position),
+}
+
+/// Steps 2 and 3: the reader thread produces chunks, this task commits them.
+async fn replay_chunks(
+    conn: &mut PgConnection,
+    log: Wal,
+    projection: Projection,
+    span: Span,
+    config: &RebuildConfig,
+    interrupt: impl Future<Output = ()>,
+) -> anyhow::Result<Replayed> {
+    let Span { from, mut next, to } = span;
     let mut progress = Progress::new(to.0.saturating_sub(from.0), config.quiet);
     progress.set(next.0.saturating_sub(from.0));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<anyhow::Result<Chunk>>(2);
     let components = config.components;
     let chunk_events = config.chunk_events;
+    let start = next;
     let producer = std::thread::Builder::new()
         .name("hybridstore-replay-read".into())
         .spawn(move || {
             produce(
                 &log,
                 projection,
-                next,
+                start,
                 to,
                 components,
                 chunk_events,
@@ -321,7 +426,7 @@ pub async fn rebuild(
             let chunk = chunk?;
             let got = Instant::now();
             waiting += got - asked;
-            write_chunk(&mut conn, &chunk).await?;
+            write_chunk(conn, &chunk).await?;
             writing += got.elapsed();
             next = chunk.end;
             progress.set(next.0.saturating_sub(from.0));
@@ -340,31 +445,11 @@ pub async fn rebuild(
     drop(receiver);
     let _ = producer.join();
     progress.finish();
-    if interrupted {
-        return Ok(Outcome::Interrupted { at: next });
-    }
-    ensure!(
-        next == to,
-        "the log ended at {next} before the replay's end {to}"
-    );
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "replayed; swapping in"
-    );
-    let rows = swap_in(&mut conn, &live, config.components, to).await?;
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "swapped in"
-    );
-    Ok(Outcome::Done(RebuildSummary {
-        components: config.components,
-        from,
-        to,
-        resumed_at,
-        events: to.0 - replayed_from.0,
-        rows,
-        elapsed: started.elapsed(),
-    }))
+    Ok(if interrupted {
+        Replayed::Interrupted(next)
+    } else {
+        Replayed::Done(next)
+    })
 }
 
 /// A transaction whose unqualified table names are the staging tables.
@@ -452,6 +537,8 @@ async fn read_state(conn: &mut PgConnection) -> anyhow::Result<Option<State>> {
 /// and the state row, in one transaction.
 async fn create_staging(
     conn: &mut PgConnection,
+    log: &Wal,
+    log_id: LogId,
     live: &str,
     source: &str,
     config: &RebuildConfig,
@@ -473,6 +560,14 @@ async fn create_staging(
     let from_position = match config.from {
         From::Start => Position(0),
         From::Position(_) | From::Checkpoint => {
+            // Continuing the live tables: they must follow this log, up to an event it holds.
+            let cursors = model::cursors(&mut tx, false).await?;
+            let log_end = log.durable_end();
+            check_identity("postgres", &cursors, log_id, log_end, |at| {
+                event_at(log, at)?
+                    .map(|e| e.event_id)
+                    .ok_or_else(|| anyhow::anyhow!("no event at position {at}"))
+            })??;
             let checkpoints = model::checkpoints(&mut tx, false).await?;
             let at: Vec<(Component, Position)> = config
                 .components
@@ -694,7 +789,8 @@ async fn swap_in(
     conn: &mut PgConnection,
     live: &str,
     components: ComponentSet,
-    to: Position,
+    log_id: LogId,
+    cursor: Cursor,
 ) -> anyhow::Result<u64> {
     let tables: Vec<&str> = components
         .iter()
@@ -708,7 +804,7 @@ async fn swap_in(
     let mut attempt = 0;
     let rows = loop {
         attempt += 1;
-        match swap_once(conn, live, &tables, components, to).await {
+        match swap_once(conn, live, &tables, components, log_id, cursor).await {
             Ok(rows) => break rows,
             Err(error) if attempt < SWAP_ATTEMPTS && is_lock_timeout(&error) => {
                 tracing::warn!(attempt, "the live tables stayed busy; retrying the swap");
@@ -764,7 +860,8 @@ async fn swap_once(
     live: &str,
     tables: &[&str],
     components: ComponentSet,
-    to: Position,
+    log_id: LogId,
+    cursor: Cursor,
 ) -> anyhow::Result<u64> {
     let mut tx = conn.begin().await.context("BEGIN")?;
     sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_WAIT}'"))
@@ -780,7 +877,22 @@ async fn swap_once(
         .context("counting the rebuilt rows")?;
     // The projector takes its checkpoints first and the tables after: so does the swap, so the
     // two wait for each other instead of deadlocking.
-    model::checkpoints(&mut tx, true).await?;
+    let standing = model::cursors(&mut tx, true).await?;
+    // The database adopts this log for the rebuilt components; the others must follow it
+    // already, or the checkpoints would name two histories.
+    if let Some(other) = standing.log.filter(|other| *other != log_id) {
+        let others = ComponentSet::ALL
+            .iter()
+            .filter(|c| !components.contains(*c) && standing.get(*c).next > Position(0))
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>();
+        ensure!(
+            others.is_empty(),
+            "the database's other components ({}) follow log {other}, not this log ({log_id}): \
+             rebuild every component (--component all) to adopt this log",
+            others.join(", ")
+        );
+    }
     let live_tables: Vec<String> = tables.iter().map(|t| format!("{live}.{t}")).collect();
     sqlx::query(&format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
@@ -802,7 +914,8 @@ async fn swap_once(
         .await
         .with_context(|| format!("moving the new {table} in"))?;
     }
-    model::set_checkpoints(&mut tx, components, to).await?;
+    // Adopt this log: the other components too (they stand at the start, or follow it).
+    model::set_cursors(&mut tx, components, log_id, cursor).await?;
     sqlx::query(&format!("DROP SCHEMA {STAGING_SCHEMA} CASCADE"))
         .execute(&mut *tx)
         .await

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hybridstore::sink::postgres::{PgProjector, ProjectorConfig};
+use hybridstore::sink::postgres::{PgSink, ProjectorConfig};
 use hybridstore::testing::{append_workload, dump_tables, password_refusing_server, TestDb};
 use hybridstore::{Component, ComponentSet, Store, StoreConfig};
 use sqlx::PgPool;
@@ -155,13 +155,12 @@ impl Fixture {
 
     /// Projects the whole log into `pool` with the in-process projector, then stops it.
     async fn project(&self, pool: &PgPool) {
-        let projector =
-            PgProjector::start(self.store.clone(), pool.clone(), ProjectorConfig::default())
-                .await
-                .unwrap();
+        let projector = PgSink::start(self.store.clone(), pool.clone(), ProjectorConfig::default())
+            .await
+            .unwrap();
         assert!(
             projector
-                .wait_for(self.store.durable_end(), Duration::from_secs(60))
+                .wait_for(self.store.last_position().unwrap(), Duration::from_secs(60))
                 .await,
             "the projector did not reach the end: {:?}",
             projector.status()
