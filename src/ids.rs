@@ -254,7 +254,13 @@ impl Timestamp {
 
     /// The UTC calendar date, `YYYY-MM-DD`.
     pub fn date(self) -> String {
-        let (y, m, d) = civil_from_days(self.day());
+        Timestamp::date_of_day(self.day())
+    }
+
+    /// The calendar date of a day number (days since 1970-01-01), `YYYY-MM-DD`; every day a
+    /// [`Timestamp`] can fall on has one.
+    pub fn date_of_day(day: i64) -> String {
+        let (y, m, d) = civil_from_days(day);
         format!("{y:04}-{m:02}-{d:02}")
     }
 

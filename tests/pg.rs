@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use hybridstore::sink::postgres::verify::verify;
 use hybridstore::sink::postgres::{PgSink, ProjectorConfig};
+use hybridstore::sink::runner::StopReason;
 use hybridstore::sink::RunnerConfig;
 use hybridstore::testing::{
     append_workload, dump_tables, password_refusing_server, TcpProxy, TestDb,
@@ -534,4 +535,205 @@ async fn tls_verify_full_connects() {
             .await
             .unwrap();
     assert!(encrypted, "the connection is not encrypted");
+}
+
+/// Starts the Postgres sink of `store` on `db` and waits until it stops by itself, returning
+/// why (the sink must refuse, not run).
+async fn refusal(store: &Store, db: &TestDb) -> String {
+    let sink = PgSink::start(store.clone(), db.pool().await, ProjectorConfig::default())
+        .await
+        .unwrap();
+    let mut status = sink.watch();
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.stopped.is_some()),
+    )
+    .await
+    .expect("the sink must refuse at once")
+    .unwrap()
+    .stopped
+    .clone()
+    .unwrap();
+    let status = sink.status();
+    assert_eq!(
+        status.events, 0,
+        "a refusing sink applies nothing: {status:?}"
+    );
+    sink.stop().await;
+    assert!(
+        matches!(stopped, StopReason::Identity(_)),
+        "not an identity refusal: {stopped:?}"
+    );
+    stopped.to_string()
+}
+
+/// Proves a second, fresh log pointed at a database another log projected into is refused, with
+/// an error naming both logs, and that the database is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_log_is_refused() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = Store::open(StoreConfig::new(first_dir.path()))
+        .await
+        .unwrap();
+    append_workload(&first, 200, 21).await;
+    let db = TestDb::create("foreign").await;
+    project_all(&first, &db).await;
+    let before = dump_tables(&db.pool().await).await;
+
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = Store::open(StoreConfig::new(second_dir.path()))
+        .await
+        .unwrap();
+    append_workload(&second, 300, 22).await;
+    let reason = refusal(&second, &db).await;
+    assert!(reason.contains(&first.log_id().to_string()), "{reason}");
+    assert!(reason.contains(&second.log_id().to_string()), "{reason}");
+    assert!(reason.contains("belong to log"), "{reason}");
+    assert_eq!(dump_tables(&db.pool().await).await, before);
+
+    // The CLI says the same in one line and exits 2.
+    second.close().await.unwrap();
+    let output = hybridstore(&[
+        "--data-dir",
+        second_dir.path().to_str().unwrap(),
+        "project",
+        "--until-caught-up",
+        "--database-url",
+        &db.url(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belong to log"), "{stderr}");
+    first.close().await.unwrap();
+}
+
+/// Proves an older copy of the same data directory (a restored backup) is refused: first while
+/// it is shorter than the database's checkpoint, then after it has grown past the checkpoint
+/// with other events; each error names the log and the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_older_backup_is_refused() {
+    let live_dir = tempfile::tempdir().unwrap();
+    let backup_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(live_dir.path()))
+        .await
+        .unwrap();
+    append_workload(&store, 100, 31).await;
+    store.close().await.unwrap();
+    copy_dir(&live_dir.path().join("wal"), &backup_dir.path().join("wal"));
+
+    let store = Store::open(StoreConfig::new(live_dir.path()))
+        .await
+        .unwrap();
+    append_workload(&store, 100, 32).await;
+    let db = TestDb::create("backup").await;
+    project_all(&store, &db).await;
+    let checkpoint = store.durable_end();
+    let log_id = store.log_id();
+    store.close().await.unwrap();
+
+    let restored = Store::open(StoreConfig::new(backup_dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(restored.log_id(), log_id, "a copy is the same log");
+    assert!(restored.durable_end() < checkpoint);
+    let reason = refusal(&restored, &db).await;
+    assert!(reason.contains("past the end of log"), "{reason}");
+    assert!(reason.contains(&checkpoint.to_string()), "{reason}");
+    assert!(reason.contains(&log_id.to_string()), "{reason}");
+
+    // The restored copy goes on with other events, past the database's checkpoint.
+    while restored.durable_end() <= checkpoint {
+        append_workload(&restored, 50, 33).await;
+    }
+    let reason = refusal(&restored, &db).await;
+    assert!(reason.contains("holds"), "{reason}");
+    assert!(
+        reason.contains(&format!("position {}", checkpoint.0 - 1)),
+        "{reason}"
+    );
+    restored.close().await.unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Proves what Postgres cannot hold as it is reaches it mapped and comes back exact: U+0000 in
+/// message texts, names, summaries, facts and configuration, and the earliest and latest times
+/// the old bot could write (the legacy fixture chat 100006, and i64's extremes) are projected,
+/// verified equal to the log projection, and stored without a NUL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_and_extreme_times_project_exactly() {
+    use hybridstore::events::{ConfigValueSet, Event, JsonText, MessageReceived};
+    use hybridstore::{BotId, ExpectedVersion, NewEvent, StreamId, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let bot = BotId::new("nulbot").unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy");
+    let report = hybridstore::legacy::import_legacy(
+        &store,
+        &bot,
+        Some(&fixtures.join("girls_data")),
+        Some(&fixtures.join("conversations")),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(!report.chats_failed.contains(&100_006), "{report}");
+    let message = |text: &str| {
+        Event::MessageReceived(MessageReceived {
+            telegram_message_id: None,
+            text: text.into(),
+            content_type: "text".into(),
+            legacy_ts: Some(JsonText::from_value(
+                &serde_json::json!({"\u{0}": "\u{E000}0"}),
+            )),
+        })
+    };
+    store
+        .append(
+            &StreamId::conversation(&bot, 7),
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new(message("a\u{0}b\u{E000}")).at(Timestamp(i64::MIN)),
+                NewEvent::new(message("\u{E000}0")).at(Timestamp(i64::MAX)),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &StreamId::bot(&bot),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(Event::ConfigValueSet(ConfigValueSet {
+                scope: "s\u{0}".into(),
+                key: "k\u{0}".into(),
+                value: JsonText::from_value(&serde_json::json!(["\u{0}"])),
+            }))],
+        )
+        .await
+        .unwrap();
+    let db = TestDb::create("nul").await;
+    project_all(&store, &db).await;
+    assert_caught_up(&db, dir.path(), store.durable_end()).await;
+    let pool = db.pool().await;
+    let nul_rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM messages WHERE text LIKE '%' || chr(57344) || '0%') + \
+         (SELECT count(*) FROM profiles WHERE name LIKE '%' || chr(57344) || '0%')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(nul_rows >= 3, "the NULs are stored mapped: {nul_rows}");
+    let extremes: (i64, i64) =
+        sqlx::query_as("SELECT min(at), max(at) FROM messages WHERE bot_id = 'nulbot'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(extremes, (i64::MIN, i64::MAX));
+    store.close().await.unwrap();
 }

@@ -266,7 +266,7 @@ fn entries(projection: &Projection) -> BTreeMap<String, Value> {
         out.insert(
             format!(
                 "analytics_daily {bot}/{}",
-                crate::Timestamp(day * 86_400_000).date()
+                crate::Timestamp::date_of_day(day)
             ),
             json!({ "counters": counters, "chats": chats }),
         );

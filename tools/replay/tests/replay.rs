@@ -835,3 +835,68 @@ async fn progress_output() {
         "{on_terminal}"
     );
 }
+
+/// Proves a rebuild of a log holding U+0000 and extreme times (the legacy fixture chat 100006)
+/// gives the live projector's tables and verifies equal, and that the rebuilt database adopts
+/// the log: the store's own sink goes on from it, another log's sink is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_maps_nuls_and_adopts_the_log() {
+    let fixture = Fixture::new(50, 40).await;
+    let bot = hybridstore::BotId::new("nulbot").unwrap();
+    let legacy =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/legacy");
+    let report = hybridstore::legacy::import_legacy(
+        &fixture.store,
+        &bot,
+        Some(&legacy.join("girls_data")),
+        Some(&legacy.join("conversations")),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.chats_imported >= 5, "{report}");
+    let (projected, replayed) = (
+        TestDb::create("replay_nul_a").await,
+        TestDb::create("replay_nul_b").await,
+    );
+    fixture.project(&projected.pool().await).await;
+    fixture.rebuild(&replayed, &[]).await;
+    assert_same_tables(
+        &dump_tables(&projected.pool().await).await,
+        &dump_tables(&replayed.pool().await).await,
+        "projector vs replay",
+    );
+    fixture.verify_equal(&replayed).await;
+    let log_ids: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT DISTINCT log_id FROM projector_checkpoints")
+            .fetch_all(&replayed.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(log_ids, [Some(fixture.store.log_id().to_string())]);
+
+    // The store's own sink continues the adopted tables.
+    append_workload(&fixture.store, 20, 41).await;
+    fixture.project(&replayed.pool().await).await;
+    fixture.verify_equal(&replayed).await;
+
+    // Another log's sink is refused.
+    let other = Fixture::new(80, 42).await;
+    let sink = PgSink::start(
+        other.store.clone(),
+        replayed.pool().await,
+        ProjectorConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut status = sink.watch();
+    let stopped = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.stopped.is_some()))
+        .await
+        .expect("the other log's sink must refuse")
+        .unwrap()
+        .stopped
+        .clone()
+        .unwrap()
+        .to_string();
+    assert!(stopped.contains("belong to log"), "{stopped}");
+    sink.stop().await;
+}
