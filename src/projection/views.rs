@@ -165,6 +165,15 @@ impl DailyCounters {
         self.chats_seen.contains(&chat)
     }
 
+    /// The counters without the set of chats behind `active_chats` (what a read returns: the
+    /// set is the projection's bookkeeping, and can be large).
+    pub fn counts_only(&self) -> DailyCounters {
+        DailyCounters {
+            chats_seen: Default::default(),
+            ..self.clone()
+        }
+    }
+
     /// Records that `chat` had a message that day, as loaded from a store of the counters
     /// (the count itself is loaded with the counters, not derived from this).
     pub fn insert_chat(&mut self, chat: i64) {

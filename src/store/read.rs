@@ -11,7 +11,7 @@ use super::{RebuildStats, Store};
 use crate::error::{Result, StoreError};
 use crate::events::{decode_record, RecordedEvent};
 use crate::ids::{StreamId, StreamKind, StreamVersion};
-use crate::projection::Projection;
+use crate::projection::{MessageView, Projection};
 use crate::read::reached;
 
 /// Which way to read a stream.
@@ -162,13 +162,26 @@ impl Store {
         stream: &StreamId,
         limit: usize,
         min_position: Option<Position>,
-    ) -> Result<Vec<crate::projection::MessageView>> {
+    ) -> Result<Vec<MessageView>> {
+        Ok(self.last_messages_at(stream, limit, min_position).await?.0)
+    }
+
+    /// [`Store::last_messages`], with the projection's applied end the answer reflects.
+    pub(crate) async fn last_messages_at(
+        &self,
+        stream: &StreamId,
+        limit: usize,
+        min_position: Option<Position>,
+    ) -> Result<(Vec<MessageView>, Position)> {
         // Only conversations have messages; a user stream's key is a user id, which for a
         // private chat equals a chat id, so it must not be looked up as one.
         let (StreamKind::Conversation, Some(chat), bot) =
             (stream.kind(), stream.key(), stream.bot_id().clone())
         else {
-            return Ok(Vec::new());
+            let applied = self
+                .read_projection(min_position, Projection::applied_end)
+                .await?;
+            return Ok((Vec::new(), applied));
         };
         let (mut tail, all_in_memory, cleared_before, applied) = self
             .read_projection(min_position, |p| {
@@ -194,7 +207,7 @@ impl Store {
             .await?;
         if tail.len() >= limit || all_in_memory {
             let excess = tail.len().saturating_sub(limit);
-            return Ok(tail.split_off(excess));
+            return Ok((tail.split_off(excess), applied));
         }
         // Older messages: walk the stream's positions backwards from the oldest one in memory.
         let oldest_in_memory = tail.first().map_or(applied, |m| m.position);
@@ -223,7 +236,7 @@ impl Store {
                 if wanted == 0 {
                     break;
                 }
-                if let Some(message) = crate::projection::MessageView::from_event(&event) {
+                if let Some(message) = MessageView::from_event(&event) {
                     before.push(message);
                     wanted -= 1;
                 }
@@ -231,7 +244,7 @@ impl Store {
         }
         before.reverse();
         before.extend(tail);
-        Ok(before)
+        Ok((before, applied))
     }
 
     /// A fresh projection rebuilt from the whole log (for checks and `--verify`).

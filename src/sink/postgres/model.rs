@@ -8,6 +8,7 @@
 //! projection then follows from the code being shared, and `hybridstore-replay --verify` checks it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use hybridstore_wal::{LogId, Position};
 use sqlx::PgConnection;
@@ -1077,6 +1078,54 @@ impl MessageRow {
             legacy_ts: message.legacy_ts.map(|v| json_in(&v).into_owned()),
         })
     }
+}
+
+/// The last `limit` messages of a chat, oldest first, as the log projection has them (texts and
+/// documents mapped back): "the last N of a chat" is a range of the table's key.
+///
+/// # Errors
+/// [`PgError::Query`] when the query fails; [`PgError::BadRow`] for a row that is not a message.
+pub async fn load_last_messages(
+    conn: &mut PgConnection,
+    bot_id: &BotId,
+    chat_id: i64,
+    limit: usize,
+) -> Result<Vec<MessageView>, PgError> {
+    let rows: Vec<(i64, String, String, i64, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT position, direction, text, at, legacy_ts FROM messages WHERE bot_id = $1 AND \
+         chat_id = $2 ORDER BY position DESC LIMIT $3",
+    )
+    .bind(bot_id.as_str())
+    .bind(chat_id)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_error("load last messages"))?;
+    let t = "messages";
+    let mut messages = rows
+        .into_iter()
+        .map(|(position, direction, text, at, legacy_ts)| {
+            let direction = match direction.as_str() {
+                "in" => Direction::In,
+                "out" => Direction::Out,
+                other => {
+                    return Err(PgError::BadRow {
+                        table: t,
+                        reason: format!("direction {other:?}"),
+                    })
+                }
+            };
+            Ok(MessageView {
+                position: Position(uncounter(t, position)?),
+                direction,
+                text: Arc::from(unmap_text(t, text)?),
+                at: Timestamp(at),
+                legacy_ts: legacy_ts.map(|v| unmap_json(t, v)).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
+    messages.reverse();
+    Ok(messages)
 }
 
 /// Every row of `messages`, ordered by position.
