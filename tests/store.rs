@@ -784,6 +784,68 @@ async fn subscriptions_deliver_every_event_once_in_order() {
     assert_eq!(message_text(rest.last().unwrap()), "late");
 }
 
+/// Proves hundreds of subscribers on a live store each see every event once, in order: some
+/// start at the beginning (catching up from the log), some mid-log, some live, while appends go
+/// on; slow ones that fall a whole queue behind catch up from the log and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_subscribers_each_see_every_event_once_in_order() {
+    const SUBSCRIBERS: u64 = 300;
+    const APPENDS: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    for n in 0..200 {
+        store
+            .append(&conv(n % 7), ExpectedVersion::Any, one(received("before")))
+            .await
+            .unwrap();
+    }
+    let mut subscribers = Vec::new();
+    for n in 0..SUBSCRIBERS {
+        let from = match n % 3 {
+            0 => Position(0),
+            1 => Position(100),
+            _ => store.durable_end(),
+        };
+        subscribers.push((from, store.subscribe(from).unwrap()));
+    }
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..APPENDS {
+                let events = if n % 4 == 0 {
+                    vec![NewEvent::new(received("a")), NewEvent::new(received("b"))]
+                } else {
+                    one(received("c"))
+                };
+                store
+                    .append(&conv(n as i64 % 11), ExpectedVersion::Any, events)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    writer.await.unwrap();
+    let end = store.durable_end();
+    assert_eq!(end, Position(200 + APPENDS as u64 + APPENDS as u64 / 4));
+    // Read the subscribers one after the other: all but the first fall far behind (more than a
+    // queue's worth of events) before they are read, so they catch up from the log.
+    for (index, (from, mut subscription)) in subscribers.into_iter().enumerate() {
+        let mut expected = from.0;
+        while expected < end.0 {
+            let event = tokio::time::timeout(Duration::from_secs(10), subscription.next_shared())
+                .await
+                .unwrap_or_else(|_| panic!("subscriber {index} stalled at {expected}"))
+                .expect("the subscription ended")
+                .unwrap();
+            assert_eq!(event.position.0, expected, "subscriber {index}");
+            expected += 1;
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(5), subscription.next()).await;
+        assert!(extra.is_err(), "subscriber {index} got an extra event");
+    }
+    store.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------------------------

@@ -60,7 +60,10 @@ struct Inner {
     applied: watch::Sender<Position>,
     tail_error: Mutex<Option<String>>,
     shutdown: Arc<AtomicBool>,
-    tailer: Mutex<Option<JoinHandle<()>>>,
+    /// The projector and fan-out threads, joined at close.
+    followers: Mutex<Vec<JoinHandle<()>>>,
+    /// Feeds every subscription.
+    fanout: Arc<subscribe::Fanout>,
     /// The log's id (a writable open always has one).
     log_id: LogId,
 }
@@ -127,6 +130,8 @@ impl Store {
         };
         tracing::info!(events = stats.events, end = %stats.end, "rebuilt the log projection");
         let (applied, _) = watch::channel(projection.applied_end());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let fanout = subscribe::Fanout::new(wal.clone(), stats.end, shutdown.clone());
         let inner = Arc::new(Inner {
             config,
             wal,
@@ -137,19 +142,27 @@ impl Store {
             projection: RwLock::new(projection),
             applied,
             tail_error: Mutex::new(None),
-            shutdown: Arc::new(AtomicBool::new(false)),
-            tailer: Mutex::new(None),
+            shutdown: shutdown.clone(),
+            followers: Mutex::new(Vec::new()),
+            fanout,
             log_id,
         });
         let weak = Arc::downgrade(&inner);
-        let from = stats.end;
-        let shutdown = inner.shutdown.clone();
-        let reader = inner.wal.reader(from)?;
-        let handle = std::thread::Builder::new()
+        let reader = inner.wal.reader(stats.end)?;
+        let projector = std::thread::Builder::new()
             .name("hybridstore-projector".into())
             .spawn(move || follow::follow(weak, reader, shutdown))
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        *inner.tailer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        let fanout = inner.fanout.clone();
+        let fanout = std::thread::Builder::new()
+            .name("hybridstore-fanout".into())
+            .spawn(move || fanout.run())
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        inner
+            .followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([projector, fanout]);
         Ok(Store { inner })
     }
 
@@ -217,14 +230,24 @@ impl Inner {
     fn shutdown_blocking(&self) -> Result<()> {
         self.stop_writer();
         self.shutdown.store(true, Ordering::Relaxed);
-        // Closing the log first wakes the projector from its wait for new records, so the join
-        // returns at once rather than after the projector's poll interval.
+        // Closing the log first wakes the projector and the fan-out from their wait for new
+        // records, so the joins return at once rather than after their poll interval.
         let closed = self.wal.clone().close();
-        if let Some(handle) = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = handle.join();
-        }
+        self.join_followers();
         closed?;
         Ok(())
+    }
+
+    /// Joins the projector and fan-out threads (not the current thread: the projector may
+    /// itself hold the last reference to the store).
+    fn join_followers(&self) {
+        let handles =
+            std::mem::take(&mut *self.followers.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
     }
 }
 
@@ -239,12 +262,6 @@ impl Drop for Inner {
         if let Err(error) = self.wal.clone().close() {
             tracing::warn!(%error, "closing the log on drop failed");
         }
-        let handle = self.tailer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            // The projector may itself hold the last reference; it must not join itself.
-            if handle.thread().id() != std::thread::current().id() {
-                let _ = handle.join();
-            }
-        }
+        self.join_followers();
     }
 }
