@@ -163,5 +163,51 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// Whether the log is damaged (a bad frame, a damaged `log-id`): `hybridstore-audit verify`
+    /// and `repair` are the way on.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, StoreError::Log(error) if error.is_corruption())
+    }
+}
+
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, each cause once: a cause whose text the line already
+/// holds (an error that shows its source in its own message, as most here do) is not repeated.
+/// What the binaries print after `error: `.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = next.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves a cause shown in its error's own message is printed once, and one that is not is
+    /// added.
+    #[test]
+    fn one_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotADirectory, "Not a directory");
+        let wal = hybridstore_wal::Error::Io {
+            op: "create directory",
+            path: "/etc/passwd/x/wal".into(),
+            source: io,
+        };
+        let store = StoreError::Log(wal);
+        let line = one_line(&store);
+        assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+        assert!(line.starts_with("log: "), "{line}");
+    }
+}

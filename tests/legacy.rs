@@ -295,7 +295,7 @@ fn cli_imports_reports_malformed_files_and_exports() {
             .arg("--data-dir")
             .arg(data.path())
             .args(args)
-            .env_remove("HYBRIDSTORE_BOT_ID")
+            .env_remove("HYBRIDSTORE_BOT")
             .env_remove("HYBRIDSTORE_DATA_DIR")
             .output()
             .unwrap()

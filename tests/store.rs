@@ -1397,6 +1397,54 @@ async fn reads_with_min_position_see_the_append() {
     }
 }
 
+/// Proves a read waiting for a position fails at once with the reason when the projection has
+/// stopped (here: the disk failed its reads), instead of waiting out its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_a_stopped_projection_fail_at_once() {
+    let fs = SimFs::new();
+    let store = Store::open(StoreConfig {
+        read_wait_max: Duration::from_secs(600),
+        ..sim_config(&fs)
+    })
+    .await
+    .unwrap();
+    // The next reads of the disk fail. Whether the projector's read is among them depends on
+    // which thread reads first, so go on until it is: then the read waiting for the append
+    // must fail at once with the reason.
+    let mut stopped = None;
+    for _ in 0..50 {
+        fs.clear_faults();
+        for nth in 0..16 {
+            fs.fail(
+                FaultAt::Kind("read", nth),
+                FaultMode::Once,
+                std::io::ErrorKind::Other,
+            );
+        }
+        let appended = store
+            .append(&conv(1), ExpectedVersion::Any, one(received("x")))
+            .await
+            .unwrap();
+        let read = tokio::time::timeout(
+            Duration::from_secs(30),
+            store.read_projection(Some(appended.last_position), |_| ()),
+        )
+        .await
+        .expect("the read must not wait out its 600 s bound");
+        match read {
+            Ok(()) => continue,
+            Err(StoreError::ProjectionStopped { reason }) => {
+                stopped = Some(reason);
+                break;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let reason = stopped.expect("the projector's read never failed");
+    assert!(reason.contains("stopped"), "{reason}");
+    assert!(store.projection_error().is_some());
+}
+
 /// Proves a read asking for a position the projection never reaches fails with `NotCaughtUp`
 /// after the configured wait instead of hanging or serving stale data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

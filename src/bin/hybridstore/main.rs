@@ -15,14 +15,11 @@ use demo::DemoConfig;
     about = "Event-sourced write-ahead log store for a Telegram chat bot"
 )]
 struct Cli {
-    /// Data directory (the log lives in DIR/wal).
-    #[arg(
-        long,
-        global = true,
-        env = "HYBRIDSTORE_DATA_DIR",
-        default_value = "./data"
-    )]
-    data_dir: PathBuf,
+    /// Data directory (the log lives in DIR/wal). Default: `HYBRIDSTORE_DATA_DIR`, else
+    /// `./data`; `demo` uses a directory of its own (`./hybridstore-demo`) unless this flag is
+    /// given, so a demo's events never land in a real store.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,21 +111,36 @@ fn parse_components(list: &str) -> Result<hybridstore::ComponentSet, hybridstore
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The data directory of every command but `demo`.
+const DATA_DIR_DEFAULT: &str = "./data";
+/// The demo's own data directory.
+const DEMO_DATA_DIR_DEFAULT: &str = "./hybridstore-demo";
+
 fn main() -> ExitCode {
     hybridstore::init_logging();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let demo = matches!(cli.command, Command::Demo { .. });
+    // The demo ignores HYBRIDSTORE_DATA_DIR: that names the production store.
+    cli.data_dir = Some(match cli.data_dir.take() {
+        Some(dir) => dir,
+        None if demo => PathBuf::from(DEMO_DATA_DIR_DEFAULT),
+        None => std::env::var_os("HYBRIDSTORE_DATA_DIR")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(DATA_DIR_DEFAULT), PathBuf::from),
+    });
+    let data_dir = cli.data_dir.clone().unwrap_or_default();
     match cli.command {
         Command::ImportLegacy {
             bot,
             girls_dir,
             conversations_dir,
         } => import_legacy_command(
-            &cli.data_dir,
+            &data_dir,
             &bot.bot,
             girls_dir.as_deref(),
             conversations_dir.as_deref(),
         ),
-        Command::ExportLegacy { bot, out } => export_legacy_command(&cli.data_dir, &bot.bot, &out),
+        Command::ExportLegacy { bot, out } => export_legacy_command(&data_dir, &bot.bot, &out),
         Command::Db {
             command: DbCommand::Migrate { db },
         } => db_migrate_command(&db),
@@ -137,7 +149,7 @@ fn main() -> ExitCode {
             component,
             batch_events,
             until_caught_up,
-        } => project_command(&cli.data_dir, &db, component, batch_events, until_caught_up),
+        } => project_command(&data_dir, &db, component, batch_events, until_caught_up),
         Command::Demo {
             chats,
             exchanges,
@@ -152,18 +164,18 @@ fn main() -> ExitCode {
                 eprintln!("error: {problem}");
                 return ExitCode::from(2);
             }
-            println!("{}", config.banner(&cli.data_dir));
+            print_line(format_args!("{}", config.banner(&data_dir)));
             let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(code) => return code,
             };
-            match runtime.block_on(demo::run(&cli.data_dir, &config)) {
+            match runtime.block_on(demo::run(&data_dir, &config)) {
                 Ok(report) => {
-                    print!("{report}");
+                    print_text(format_args!("{report}"));
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: {error:#}");
+                    eprintln!("error: {}", hybridstore::error::one_line(error.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -287,7 +299,9 @@ fn project_command(
 #[derive(Debug, clap::Args)]
 struct BotArg {
     /// The bot's id (1-64 of A-Z a-z 0-9 _).
-    #[arg(long, env = "HYBRIDSTORE_BOT_ID", default_value = "default", value_parser = parse_bot_id)]
+    /// Required: the store holds the chats of many bots, and an import under the wrong one
+    /// would mix them.
+    #[arg(long, env = "HYBRIDSTORE_BOT", value_parser = parse_bot_id)]
     bot: hybridstore::BotId,
 }
 
@@ -311,9 +325,19 @@ where
             Ok(store) => store,
             Err(error) => {
                 eprintln!(
-                    "error: cannot open the store in {}: {error}",
-                    data_dir.display()
+                    "error: cannot open the store in {}: {}",
+                    data_dir.display(),
+                    hybridstore::error::one_line(&error)
                 );
+                if error.is_corruption() {
+                    let wal = data_dir.join(hybridstore::WAL_SUBDIR);
+                    eprintln!(
+                        "hint: `hybridstore-audit verify {0}` lists every damaged frame; \
+                         `hybridstore-audit repair {0}` cuts the damage (backing up what it \
+                         cuts) so the store opens again",
+                        wal.display()
+                    );
+                }
                 return ExitCode::from(2);
             }
         };
@@ -406,6 +430,12 @@ fn export_legacy_command(
 
 /// Prints a line on stdout; a closed pipe (`| head`) is not an error worth a panic.
 fn print_line(line: std::fmt::Arguments<'_>) {
+    print_text(format_args!("{line}\n"));
+}
+
+/// Prints text on stdout as it is; a closed pipe (`| head`) is not an error worth a panic: the
+/// reader has gone, and the command finishes (closing the store cleanly) without it.
+fn print_text(text: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    let _ = std::io::stdout().lock().write_fmt(text);
 }

@@ -40,10 +40,11 @@ impl PgConfig {
     /// The configuration in a set of variables (`lookup` returns a variable's value):
     /// `DATABASE_URL`, or `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASSWORD`, `DB_SSLMODE`,
     /// `DB_SSLROOTCERT`; and `DB_MAX_POOL_SIZE`, `DB_MIN_POOL_SIZE` with either. `None` when
-    /// neither `DATABASE_URL` nor `DB_HOST` nor `DB_NAME` is set.
+    /// none of them is set (log-only).
     ///
     /// # Errors
-    /// [`PgError::Config`] naming the variable whose value cannot be used.
+    /// [`PgError::Config`] naming the variable whose value cannot be used, or one set without
+    /// `DB_HOST`/`DB_NAME`/`DATABASE_URL` (half a configuration).
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<PgConfig>, PgError> {
         let connect = if let Some(url) = lookup("DATABASE_URL") {
             parse_url("DATABASE_URL", &url)?
@@ -73,6 +74,26 @@ impl PgConfig {
             }
             options
         } else {
+            // Half a configuration is a mistake, not a wish to run log-only: a bot that set its
+            // credentials and forgot the host would otherwise lose its database silently.
+            let partial = [
+                "DB_USER",
+                "DB_PASSWORD",
+                "DB_PORT",
+                "DB_SSLMODE",
+                "DB_SSLROOTCERT",
+            ]
+            .into_iter()
+            .find(|name| lookup(name).is_some());
+            if let Some(variable) = partial {
+                return Err(PgError::Config {
+                    variable: variable.into(),
+                    reason: "is set, but neither DB_HOST nor DB_NAME (nor DATABASE_URL) says \
+                             which database: set them to use Postgres, or unset it to run \
+                             log-only"
+                        .into(),
+                });
+            }
             return Ok(None);
         };
         let mut config = PgConfig::new(connect);
@@ -309,6 +330,9 @@ mod tests {
                 "DB_MAX_POOL_SIZE",
             ),
             (vec![("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+            // Half a configuration is refused, not taken as log-only.
+            (vec![("DB_USER", "bot"), ("DB_PASSWORD", "pw")], "DB_USER"),
+            (vec![("DB_PASSWORD", "pw")], "DB_PASSWORD"),
         ] {
             let error = PgConfig::from_vars(vars(&pairs)).unwrap_err();
             assert!(

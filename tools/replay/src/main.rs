@@ -10,6 +10,14 @@ use hybridstore::sink::postgres::verify;
 use hybridstore::ComponentSet;
 use hybridstore_replay::rebuild::{self, From, Outcome, RebuildConfig};
 
+/// Prints a line on stdout; a closed pipe (`| head`) is not an error worth a panic: the reader
+/// has gone and the command finishes without it.
+macro_rules! print_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 /// Most differences listed before the rest are only counted.
 const DIFFERENCES_LISTED_MAX: usize = 100;
 
@@ -100,7 +108,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     match rebuild::rebuild(&pool, &rebuild_config, interrupt).await {
         Ok(Outcome::Done(summary)) => {
-            println!("{summary}");
+            print_line!("{summary}");
             ExitCode::SUCCESS
         }
         Ok(Outcome::Interrupted { at }) => {
@@ -111,7 +119,7 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(130)
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", hybridstore::error::one_line(error.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -121,10 +129,10 @@ async fn verify_command(pool: &sqlx::PgPool, cli: &Cli) -> ExitCode {
     match verify::verify(pool, &cli.data_dir, cli.component).await {
         Ok(report) => {
             for difference in report.differences.iter().take(DIFFERENCES_LISTED_MAX) {
-                println!("{difference}");
+                print_line!("{difference}");
             }
             if report.differences.len() > DIFFERENCES_LISTED_MAX {
-                println!(
+                print_line!(
                     "... and {} more differences",
                     report.differences.len() - DIFFERENCES_LISTED_MAX
                 );
@@ -134,7 +142,7 @@ async fn verify_command(pool: &sqlx::PgPool, cli: &Cli) -> ExitCode {
                 .iter()
                 .map(|(c, p)| format!("{c} at {p}"))
                 .collect();
-            println!(
+            print_line!(
                 "verify: {} entries compared ({}); {} differences",
                 report.entries,
                 at.join(", "),
@@ -147,7 +155,7 @@ async fn verify_command(pool: &sqlx::PgPool, cli: &Cli) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", hybridstore::error::one_line(&error));
             ExitCode::from(2)
         }
     }
