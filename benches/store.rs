@@ -10,7 +10,7 @@
 //! | `projection_rebuild/wal_open_iterate`     | **baseline**: `Wal::open` + one verified pass over every record of the rebuild log (CRCs, no decoding) | events/s |
 //! | `projection_rebuild/store_open`           | `Store::open` over the same log: recovery, then decoding every event into the per-stream index, the dedupe index and the projection | events/s |
 //! | `hot_reads/{profile,last_messages_20,conversation_head,config_value}` | the bot's hot-path reads through the `Store` (`min_position: None`), on the store over the rebuild log; chats in a fixed random order | reads/s |
-//! | report (stdout, after criterion)          | the ratios: store/wal append throughput (target ≥ 0.8) with p50/p99, and the per-append latency of each side with one appender in `Durability::Never` beside a no-op `spawn_blocking` round trip (the store's hop to the log); rebuild events/s (target ≥ 1M/s) against the raw pass and a decode-only pass; read p50/p99/p999 (target p99 ≤ 5 µs) against the same lookup on a plain `Projection` (no lock, no async) | µs, ratios |
+//! | report (stdout, after criterion)          | the ratios: store/wal append throughput (target ≥ 0.8) with p50/p99, durable appends with 500 idle and 500 active subscribers as ratios to none, and the per-append latency of each side with one appender in `Durability::Never` beside a no-op `spawn_blocking` round trip (the store's hop to the log); rebuild events/s (target ≥ 1M/s) against the raw pass and a decode-only pass; read p50/p99/p999 (target p99 ≤ 5 µs) against the same lookup on a plain `Projection` (no lock, no async) | µs, ratios |
 //!
 //! # Reading the ratios
 //! Only compare numbers from the same run on the same machine; the report prints the ratios
@@ -1161,6 +1161,69 @@ fn report_appends(out: &mut String, settings: &Settings, inputs: &AppendInputs) 
     report_append_cost(out, settings, inputs, &runtime);
 }
 
+/// Subscribers per kind in the report's subscription comparison.
+const SUBSCRIBERS: usize = 500;
+
+/// Durable appends from 64 tasks with no subscriber, with 500 idle subscribers (subscribed,
+/// never reading: their queues fill and they fall back to reading the log when they resume),
+/// and with 500 active ones (each reads every event), each on a fresh store, in one run.
+fn report_subscribers(out: &mut String, settings: &Settings, inputs: &AppendInputs) {
+    let runtime = runtime();
+    let mut runs = Vec::new();
+    for (label, subscribers, active) in [
+        ("no subscribers", 0, false),
+        ("500 idle subscribers", SUBSCRIBERS, false),
+        ("500 active subscribers", SUBSCRIBERS, true),
+    ] {
+        let name = format!("report-subscribers-{subscribers}-{active}");
+        let store = TempStore::open(settings, &runtime, &name, Durability::Always);
+        let readers: Vec<_> = (0..subscribers)
+            .map(|_| {
+                let mut subscription = store.store.subscribe(Position(0)).expect("subscribe");
+                runtime.spawn(async move {
+                    let mut seen = 0u64;
+                    if active {
+                        while let Some(event) = subscription.next_shared().await {
+                            black_box(event.expect("event"));
+                            seen += 1;
+                        }
+                    } else {
+                        // Idle until the store closes.
+                        std::future::pending::<()>().await;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let (wall, latencies) = runtime.block_on(store_append_round(
+            &store.store,
+            inputs,
+            settings.append_ops,
+            true,
+        ));
+        store.close(&runtime);
+        for reader in readers {
+            reader.abort();
+        }
+        runs.push(LatencyRun::new(label, latencies, wall));
+    }
+    let _ = writeln!(
+        out,
+        "-- appends with subscribers: {CONCURRENCY} concurrent, Durability::Always, {} appends \
+         per case, a fresh store each --",
+        settings.append_ops
+    );
+    let none = runs[0].ops_per_sec();
+    for run in &runs {
+        let _ = writeln!(
+            out,
+            "{}  ({:.3} of no subscribers)",
+            run.line(),
+            run.ops_per_sec() / none
+        );
+    }
+}
+
 /// One appender, `Durability::Never`: what one append costs in CPU on each side, without the
 /// `fdatasync` (at 64 appenders on a small machine, that cost decides how full each group
 /// commit gets).
@@ -1344,6 +1407,7 @@ fn report(settings: &Settings, inputs: &AppendInputs, log: &mut Option<RebuildLo
     let mut out = String::new();
     println!("report: appends, then the rebuild, then reads...");
     report_appends(&mut out, settings, inputs);
+    report_subscribers(&mut out, settings, inputs);
     let log = log.get_or_insert_with(|| rebuild_log(settings));
     report_rebuild(&mut out, settings, log);
     report_reads(&mut out, settings, log);

@@ -5,15 +5,20 @@
 //! - [`events`]: the event catalogue, the stored envelope and its codec (postcard in the log,
 //!   JSON outside), upcasting of old schema versions.
 //! - [`store`]: the [`store::Store`] handle — validated, idempotent, optimistically concurrent
-//!   appends; stream and log reads; subscriptions.
-//! - [`projection`]: the in-memory read models (the embedded default's read path).
-//! - [`pg`]: the Postgres read models, their migrations and the live projector.
+//!   appends; stream and log reads; subscriptions through one fan-out.
+//! - [`projection`]: the in-memory read models (the embedded default's read path), the keys a
+//!   batch of events touches, and the one loop that reads the log into a projection.
+//! - [`sink`]: what follows the log — the [`sink::Sink`] trait, its runner, and the first sink,
+//!   the Postgres read models ([`sink::postgres`]).
+//! - [`read`]: the typed reads of the bot's hot path ([`read::ReadSource`]) and their sources:
+//!   the log projection and Postgres.
 //! - [`legacy`]: import of the old bot's JSON files, and export back to them.
-//! - [`error`]: input and store errors.
+//! - [`error`]: input and store errors; [`error::one_line`] for the binaries.
 //! - `testing` (feature `testing`): shared test support — event generators, a database per
 //!   test, a TCP proxy for outages.
 //!
-//! The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is `hybridstore-audit`.
+//! The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is `hybridstore-audit`;
+//! the `hybridstore` binary (`src/bin/hybridstore/`) holds the commands and the demo.
 
 pub mod error;
 pub mod events;

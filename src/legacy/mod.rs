@@ -36,10 +36,10 @@
 //! The store deduplicates a whole append when *any* of its keys is known. One append per chat
 //! holding every key would be atomic, but after the old bot added messages a re-run would get the
 //! original result back for the whole batch and silently drop the new ones; a chat over
-//! [`APPEND_EVENTS_MAX`] events needs several appends anyway. One append per event would resume
+//! [`APPEND_EVENTS_MAX`](crate::store::APPEND_EVENTS_MAX) events needs several appends anyway. One append per event would resume
 //! correctly but cost an fsync per event. So the importer first reads the chat's stream, learns
 //! which of the chat's keys are recorded, and appends only the missing events, in order, in
-//! appends of up to [`APPEND_EVENTS_MAX`], each expecting the stream's exact version. Hence:
+//! appends of up to [`APPEND_EVENTS_MAX`](crate::store::APPEND_EVENTS_MAX), each expecting the stream's exact version. Hence:
 //! 1. A re-run over unchanged files appends nothing: every key is known ("already imported").
 //! 2. An import stopped between two appends of a chat resumes at the first missing event. The
 //!    state event is in the last append, so it is present only if everything before it is.

@@ -12,7 +12,7 @@ pub const APPEND_EVENTS_MAX: usize = 1000;
 /// Longest idempotency key.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
 
-/// Configuration of a [`Store`].
+/// Configuration of a [`Store`](super::Store).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// Data directory; the log lives in `data_dir/wal`.

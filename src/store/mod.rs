@@ -12,6 +12,12 @@
 //! microseconds; a read that passes `min_position` waits (bounded) until the projection has
 //! applied it.
 //!
+//! # Layout
+//! - `append.rs`: the append's steps; `validate.rs`: what input is refused; `indexes.rs`: the
+//!   per-stream and dedupe indexes and the retry-or-conflict rule; `writer.rs`: the writer thread.
+//! - `read.rs`: stream, log and projection reads; `subscribe.rs`: the fan-out; `follow.rs`: the
+//!   projector thread; `rebuild.rs`: the rebuild at open; `config.rs`.
+//!
 //! # Invariants
 //! - The per-stream index and the dedupe index are derived from the log: rebuilt at open.
 //! - Only durable events reach the projection and subscribers.

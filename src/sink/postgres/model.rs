@@ -1,5 +1,5 @@
 //! The read-model tables and the projection: which rows an event touches ([`Keys`]), reading rows
-//! into a [`Projection`] ([`load`]), and writing a projection's entries back as rows ([`write`]),
+//! into a [`Projection`] ([`load`]), and writing a projection's entries back as rows ([`write()`]),
 //! set-based (one statement per table, arrays bound through `UNNEST`), never a round trip per row.
 //!
 //! The tables hold exactly the log projection's state (plus every message since the last clear),
