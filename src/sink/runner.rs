@@ -330,11 +330,7 @@ impl<S: Sink> Runner<S> {
     }
 
     fn publish_cursors(&self, cursors: &BTreeMap<Component, Cursor>) {
-        let committed = cursors
-            .values()
-            .map(|c| c.next)
-            .min()
-            .unwrap_or(Position(0));
+        let committed = lowest(cursors);
         self.status.send_modify(|s| {
             s.committed = committed;
             for (component, cursor) in cursors {
@@ -406,11 +402,7 @@ impl<S: Sink> Runner<S> {
         mut cursors: BTreeMap<Component, Cursor>,
         backoff: &mut Duration,
     ) -> Restart {
-        let start = cursors
-            .values()
-            .map(|c| c.next)
-            .min()
-            .unwrap_or(Position(0));
+        let start = lowest(&cursors);
         let mut subscription = match self.store.subscribe(start) {
             Ok(s) => s,
             Err(error) => {
@@ -480,11 +472,7 @@ impl<S: Sink> Runner<S> {
     }
 
     fn committed(&self, cursors: &BTreeMap<Component, Cursor>, active: ComponentSet, events: u64) {
-        let committed = cursors
-            .values()
-            .map(|c| c.next)
-            .min()
-            .unwrap_or(Position(0));
+        let committed = lowest(cursors);
         self.status.send_modify(|s| {
             if s.retrying {
                 tracing::info!(sink = s.sink, position = %committed, "sink resumed");
@@ -550,6 +538,15 @@ impl<S: Sink> Runner<S> {
             s.stopped = Some(reason);
         });
     }
+}
+
+/// Where the slowest component stands: every event below it is committed for all of them.
+fn lowest(cursors: &BTreeMap<Component, Cursor>) -> Position {
+    cursors
+        .values()
+        .map(|c| c.next)
+        .min()
+        .unwrap_or(Position(0))
 }
 
 fn stop_reason_of(error: &StoreError) -> StopReason {
