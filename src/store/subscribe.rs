@@ -2,15 +2,17 @@
 //! subscribers at once.
 //!
 //! One fan-out thread (`hybridstore-fanout`) follows the durable log (it waits on the log's
-//! durable notification, not on a timer), decodes each record once and hands the shared event to
-//! every live subscriber. A subscriber that starts behind the fan-out, or falls behind it (its
-//! queue is full), reads the log on a catch-up thread of its own until it stands where the
-//! fan-out stands, and then joins it again; the log is the buffer, so a slow subscriber never
-//! holds up the others and never loses an event.
+//! durable notification, not on a timer), decodes each record once and hands each group of
+//! durable records, shared, to every live subscriber: one queue operation per subscriber per
+//! group commit. A subscriber that starts behind the fan-out, or falls behind it (its queue is
+//! full), is *lagging*: the fan-out skips it, and the subscriber reads the log itself, at its own
+//! pace, when it asks for its next event, until it stands where the fan-out stands and rejoins.
+//! The log is the buffer: a slow or idle subscriber costs the others nothing and loses nothing.
 //!
 //! # Invariants
-//! - A subscriber joins the live list only under the fan-out's lock, at exactly the fan-out's
-//!   next position, so no event is delivered twice or skipped between catch-up and live.
+//! - A subscriber rejoins only under the fan-out's lock, at or past the fan-out's next position,
+//!   and the fan-out hands it only events at or past its own next position: no event is
+//!   delivered twice or skipped between catching up and live.
 //! - Only durable events are delivered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,38 +26,34 @@ use super::Store;
 use crate::error::{Result, StoreError};
 use crate::events::{decode_record, RecordedEvent};
 
-/// Events a subscriber's queue holds before it is sent to catch up from the log.
-const QUEUE_EVENTS_MAX: usize = 1024;
+/// Batches a subscriber's queue holds before it lags (and reads the log itself).
+const QUEUE_BATCHES_MAX: usize = 64;
 
-/// How long the fan-out waits for new durable records before looking at the shutdown flag.
+/// Most events read into one batch, by the fan-out or by a lagging subscriber.
+const BATCH_EVENTS_MAX: usize = 1024;
+
+/// How long a wait for new durable records lasts before looking at the shutdown flag.
 const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
 
-type Item = Result<Arc<RecordedEvent>>;
+/// Consecutive events, shared by every subscriber they are handed to.
+type Events = Arc<[Arc<RecordedEvent>]>;
+type Item = Result<Events>;
 
-/// A live subscription: durable events in log order, each exactly once.
-#[derive(Debug)]
-pub struct Subscription {
-    receiver: mpsc::Receiver<Item>,
-}
-
-impl Subscription {
-    /// The next event; waits for it to become durable. `None` once the store has closed.
-    pub async fn next(&mut self) -> Option<Result<RecordedEvent>> {
-        Some(self.next_shared().await?.map(Arc::unwrap_or_clone))
-    }
-
-    /// [`Subscription::next`], sharing the event with the other subscribers instead of copying
-    /// it.
-    pub async fn next_shared(&mut self) -> Option<Result<Arc<RecordedEvent>>> {
-        self.receiver.recv().await
-    }
-}
-
-/// A subscriber the fan-out feeds.
+/// A subscriber as the fan-out knows it.
 struct Live {
+    id: u64,
     /// The first position it has not been handed yet.
     next: Position,
     sender: mpsc::Sender<Item>,
+    /// Its queue was full (or it started behind): the fan-out skips it until it rejoins. Shared
+    /// with the subscription, which reads it without the fan-out's lock.
+    lagging: Arc<AtomicBool>,
+}
+
+impl Live {
+    fn lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Default)]
@@ -63,13 +61,13 @@ struct State {
     /// The position the fan-out reads next: every event below it has been handed to the live
     /// subscribers that wanted it.
     next: Position,
-    live: Vec<Live>,
-    /// The fan-out stopped (the store closed, or the log could not be read): new subscribers
-    /// only catch up, with nothing to join.
+    subscribers: Vec<Live>,
+    next_id: u64,
+    /// The fan-out stopped (the store closed, or the log could not be read).
     stopped: bool,
 }
 
-/// The fan-out shared by the store and its thread.
+/// The fan-out shared by the store, its thread and the subscriptions.
 pub(super) struct Fanout {
     state: Mutex<State>,
     wal: Wal,
@@ -98,164 +96,303 @@ impl Fanout {
         let from = self.state().next;
         let mut reader = match self.wal.reader(from) {
             Ok(reader) => reader,
-            Err(error) => return self.stop_with(Some(Err(error.into()))),
+            Err(error) => return self.stop_with(Some(error.into())),
         };
         while !self.shutdown.load(Ordering::Relaxed) {
-            let first = match reader.next_blocking(SHUTDOWN_CHECK) {
-                Ok(Some(record)) => record,
-                Ok(None) => continue,
-                // A log closed by `close` or drop is the normal end.
-                Err(_) if self.shutdown.load(Ordering::Relaxed) => break,
-                Err(error) => return self.stop_with(Some(Err(error.into()))),
-            };
-            let mut records = vec![first];
-            while records.len() < QUEUE_EVENTS_MAX {
-                match reader.next_record() {
-                    Ok(Some(record)) => records.push(record),
-                    _ => break,
-                }
-            }
-            let mut events = Vec::with_capacity(records.len());
-            let mut failure = None;
-            for record in records {
-                match decode_record(record.position, &record.data) {
-                    Ok(event) => events.push(Arc::new(event)),
-                    Err(source) => {
-                        failure = Some(StoreError::Decode {
-                            position: record.position,
-                            source,
-                        });
-                        break;
+            match read_batch(&mut reader, &self.shutdown) {
+                Ok(None) => {}
+                Ok(Some(Batch { events, failure })) => {
+                    self.hand_out(&events);
+                    if let Some(error) = failure {
+                        return self.stop_with(Some(error));
                     }
                 }
-            }
-            self.hand_out(&events);
-            if let Some(error) = failure {
-                return self.stop_with(Some(Err(error)));
+                Err(_) if self.shutdown.load(Ordering::Relaxed) => break,
+                Err(error) => return self.stop_with(Some(error)),
             }
         }
         self.stop_with(None);
     }
 
-    /// Hands `events` to every live subscriber; one whose queue is full goes to catch up from
-    /// the log, one that hung up is dropped.
-    fn hand_out(self: &Arc<Fanout>, events: &[Arc<RecordedEvent>]) {
-        let Some(end) = events.last().map(|e| e.position.advance(1)) else {
+    /// Hands `events` to every live subscriber that is not lagging; one whose queue is full
+    /// starts lagging, one that hung up is dropped.
+    fn hand_out(&self, events: &[Arc<RecordedEvent>]) {
+        let (Some(first), Some(end)) = (
+            events.first().map(|e| e.position),
+            events.last().map(|e| e.position.advance(1)),
+        ) else {
             return;
         };
+        let batch: Events = events.into();
         let mut state = self.state();
-        let mut behind = Vec::new();
-        state.live.retain_mut(|live| {
-            let from = live.next;
-            for event in events.iter().filter(|e| e.position >= from) {
-                match live.sender.try_send(Ok(event.clone())) {
-                    Ok(()) => live.next = event.position.advance(1),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        behind.push((live.next, live.sender.clone()));
-                        return false;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
+        state.subscribers.retain_mut(|live| {
+            if live.lagging() || live.next >= end {
+                return true;
             }
-            true
+            let events = if live.next <= first {
+                batch.clone()
+            } else {
+                // Rejoined in the middle of the batch: only what it has not seen.
+                let skip = usize::try_from(live.next.0 - first.0).unwrap_or(usize::MAX);
+                batch.get(skip..).unwrap_or_default().into()
+            };
+            match live.sender.try_send(Ok(events)) {
+                Ok(()) => {
+                    live.next = end;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    live.lagging.store(true, Ordering::Release);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
         state.next = end;
-        drop(state);
-        for (from, sender) in behind {
-            self.catch_up(from, sender);
-        }
     }
 
-    /// Ends the fan-out: every live subscriber gets `last` (an error), then its end.
-    fn stop_with(&self, last: Option<Item>) {
+    /// Ends the fan-out: every live subscriber that is not lagging gets `error`, if any, then
+    /// its end (a lagging one reads the log itself until it meets the same end).
+    fn stop_with(&self, error: Option<StoreError>) {
         let mut state = self.state();
         state.stopped = true;
-        for live in state.live.drain(..) {
-            if let Some(item) = &last {
-                let item = match item {
-                    Ok(event) => Ok(event.clone()),
-                    Err(error) => Err(StoreError::Task(error.to_string())),
+        for live in state.subscribers.drain(..) {
+            if let (Some(error), false) = (&error, live.lagging()) {
+                let _ = live
+                    .sender
+                    .try_send(Err(StoreError::Task(error.to_string())));
+            }
+        }
+    }
+
+    /// Registers a subscriber starting at `from`: live if the fan-out stands there, lagging
+    /// (it catches up from the log) otherwise. Returns its id and its lagging flag.
+    fn register(&self, from: Position, sender: mpsc::Sender<Item>) -> (u64, Arc<AtomicBool>) {
+        let mut state = self.state();
+        let id = state.next_id;
+        state.next_id += 1;
+        let lagging = Arc::new(AtomicBool::new(from != state.next || state.stopped));
+        state.subscribers.push(Live {
+            id,
+            next: from,
+            sender,
+            lagging: lagging.clone(),
+        });
+        (id, lagging)
+    }
+
+    /// Subscriber `id`, which has everything below `next`, rejoins the live ones if the fan-out
+    /// stands at or behind `next`. Returns whether it did.
+    fn rejoin(&self, id: u64, next: Position) -> bool {
+        let mut state = self.state();
+        if state.stopped || next < state.next {
+            return false;
+        }
+        match state.subscribers.iter_mut().find(|live| live.id == id) {
+            Some(live) => {
+                live.next = next;
+                live.lagging.store(false, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        self.state().subscribers.retain(|live| live.id != id);
+    }
+}
+
+/// What one read of the log gave: the events, and the error that stopped it after them.
+struct Batch {
+    events: Vec<Arc<RecordedEvent>>,
+    failure: Option<StoreError>,
+}
+
+/// Waits (up to [`SHUTDOWN_CHECK`]) for a durable record, then reads and decodes what is durable
+/// after it, up to [`BATCH_EVENTS_MAX`]. `None`: nothing new yet.
+fn read_batch(reader: &mut Reader, shutdown: &AtomicBool) -> Result<Option<Batch>> {
+    let Some(first) = reader.next_blocking(SHUTDOWN_CHECK)? else {
+        return Ok(None);
+    };
+    let mut records = vec![first];
+    while records.len() < BATCH_EVENTS_MAX && !shutdown.load(Ordering::Relaxed) {
+        match reader.next_record() {
+            Ok(Some(record)) => records.push(record),
+            _ => break,
+        }
+    }
+    let mut events = Vec::with_capacity(records.len());
+    for record in records {
+        match decode_record(record.position, &record.data) {
+            Ok(event) => events.push(Arc::new(event)),
+            Err(source) => {
+                // The events before the undecodable record are delivered, then the error.
+                let failure = StoreError::Decode {
+                    position: record.position,
+                    source,
                 };
-                let _ = live.sender.try_send(item);
+                return Ok(Some(Batch {
+                    events,
+                    failure: Some(failure),
+                }));
             }
         }
     }
+    Ok(Some(Batch {
+        events,
+        failure: None,
+    }))
+}
 
-    /// Feeds `sender` from `from`: live at once if the fan-out stands there, otherwise from the
-    /// log on a thread of its own until it does.
-    fn subscribe(self: &Arc<Fanout>, from: Position, sender: mpsc::Sender<Item>) -> Result<()> {
-        {
-            let mut state = self.state();
-            if from == state.next && !state.stopped {
-                state.live.push(Live { next: from, sender });
-                return Ok(());
-            }
-        }
-        // Fail at once for a position the log no longer has.
-        let reader = self.wal.reader(from)?;
-        self.spawn_catch_up(reader, sender)
+/// A live subscription: durable events in log order, each exactly once.
+pub struct Subscription {
+    receiver: mpsc::Receiver<Item>,
+    /// The batch being handed out, and the index of its next event.
+    current: Option<(Events, usize)>,
+    fanout: Arc<Fanout>,
+    id: u64,
+    /// Set by the fan-out when this subscription's queue was full; cleared when it rejoins.
+    lagging: Arc<AtomicBool>,
+    /// The position of the next event to hand out.
+    next: Position,
+    /// While lagging: the reader it catches up with (kept between calls).
+    reader: Option<Reader>,
+    /// An error ended the subscription.
+    ended: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("next", &self.next)
+            .field("catching_up", &self.reader.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next event; waits for it to become durable. `None` once the store has closed.
+    pub async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        Some(self.next_shared().await?.map(Arc::unwrap_or_clone))
     }
 
-    fn catch_up(self: &Arc<Fanout>, from: Position, sender: mpsc::Sender<Item>) {
-        let reader = match self.wal.reader(from) {
-            Ok(reader) => reader,
-            Err(error) => {
-                let _ = sender.try_send(Err(error.into()));
-                return;
-            }
-        };
-        if let Err(error) = self.spawn_catch_up(reader, sender.clone()) {
-            let _ = sender.try_send(Err(error));
-        }
-    }
-
-    fn spawn_catch_up(
-        self: &Arc<Fanout>,
-        reader: Reader,
-        sender: mpsc::Sender<Item>,
-    ) -> Result<()> {
-        let fanout = self.clone();
-        std::thread::Builder::new()
-            .name("hybridstore-catch-up".into())
-            .spawn(move || fanout.read_until_live(reader, &sender))
-            .map(|_| ())
-            .map_err(|e| StoreError::Task(e.to_string()))
-    }
-
-    /// A catch-up thread: reads the log into `sender` (waiting when its queue is full) until it
-    /// stands where the fan-out stands (or ahead of it), then joins the live subscribers.
-    fn read_until_live(&self, mut reader: Reader, sender: &mpsc::Sender<Item>) {
+    /// [`Subscription::next`], sharing the event with the other subscribers instead of copying
+    /// it.
+    pub async fn next_shared(&mut self) -> Option<Result<Arc<RecordedEvent>>> {
         loop {
-            {
-                let mut state = self.state();
-                if reader.position() >= state.next && !state.stopped {
-                    state.live.push(Live {
-                        next: reader.position(),
-                        sender: sender.clone(),
-                    });
-                    return;
+            if let Some((batch, index)) = &mut self.current {
+                if let Some(event) = batch.get(*index) {
+                    *index += 1;
+                    self.next = event.position.advance(1);
+                    return Some(Ok(event.clone()));
+                }
+                self.current = None;
+            }
+            if self.ended {
+                return None;
+            }
+            // Read the flag before the queue: once lagging, the fan-out queues nothing more, so
+            // an empty queue then means everything queued has been handed out.
+            let lagging = self.reader.is_some() || self.lagging.load(Ordering::Acquire);
+            // What the fan-out queued comes first, in order.
+            match self.receiver.try_recv() {
+                Ok(item) => {
+                    if let Some(error) = self.take(item) {
+                        return Some(Err(error));
+                    }
+                    continue;
+                }
+                // The fan-out ended (the store closed) and nothing is left to read here.
+                Err(mpsc::error::TryRecvError::Disconnected) if !lagging => return None,
+                Err(_) => {}
+            }
+            if lagging {
+                match self.catch_up().await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        if self.fanout.shutdown.load(Ordering::Relaxed) {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Err(error) => {
+                        self.ended = true;
+                        return Some(Err(error));
+                    }
                 }
             }
-            if self.shutdown.load(Ordering::Relaxed) || sender.is_closed() {
-                return;
-            }
-            let item = match reader.next_blocking(SHUTDOWN_CHECK) {
-                Ok(None) => continue,
-                Ok(Some(record)) => decode_record(record.position, &record.data)
-                    .map(Arc::new)
-                    .map_err(|source| StoreError::Decode {
-                        position: record.position,
-                        source,
-                    }),
-                // A log closed by `close` or drop is the normal end.
-                Err(_) if self.shutdown.load(Ordering::Relaxed) => return,
-                Err(error) => Err(StoreError::Log(error)),
-            };
-            let failed = item.is_err();
-            if sender.blocking_send(item).is_err() || failed {
-                return;
+            let item = self.receiver.recv().await?;
+            if let Some(error) = self.take(item) {
+                return Some(Err(error));
             }
         }
+    }
+
+    /// Takes a queued batch (or the error that ends the subscription).
+    fn take(&mut self, item: Item) -> Option<StoreError> {
+        match item {
+            Ok(batch) => {
+                self.current = Some((batch, 0));
+                None
+            }
+            Err(error) => {
+                self.ended = true;
+                Some(error)
+            }
+        }
+    }
+
+    /// Reads the next events from the log itself (lagging), or rejoins the fan-out when there
+    /// is nothing more to read. Returns whether it got events (or rejoined).
+    async fn catch_up(&mut self) -> Result<bool> {
+        let reader = match self.reader.take() {
+            Some(reader) => reader,
+            None => self.fanout.wal.reader(self.next)?,
+        };
+        // The log has everything below the durable end: if this subscriber stands there and the
+        // fan-out has not passed it, rejoin. (Checked before reading, so an idle store does not
+        // keep a caught-up subscriber reading.)
+        if reader.position() >= self.fanout.wal.durable_end()
+            && self.fanout.rejoin(self.id, reader.position())
+        {
+            return Ok(true);
+        }
+        let shutdown = self.fanout.shutdown.clone();
+        let (reader, batch) = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let batch = read_batch(&mut reader, &shutdown);
+            (reader, batch)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        match batch? {
+            None => {
+                self.reader = Some(reader);
+                Ok(false)
+            }
+            Some(Batch { events, failure }) => {
+                self.reader = Some(reader);
+                if let Some(error) = failure {
+                    if events.is_empty() {
+                        return Err(error);
+                    }
+                    // Hand out the events first; the error comes with the next read.
+                    self.reader = None;
+                    self.next = events.last().map_or(self.next, |e| e.position.advance(1));
+                }
+                if !events.is_empty() {
+                    self.current = Some((events.into(), 0));
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.fanout.unregister(self.id);
     }
 }
 
@@ -265,8 +402,20 @@ impl Store {
     /// # Errors
     /// [`StoreError::Log`] if `from` was truncated away.
     pub fn subscribe(&self, from: Position) -> Result<Subscription> {
-        let (sender, receiver) = mpsc::channel(QUEUE_EVENTS_MAX);
-        self.inner.fanout.subscribe(from, sender)?;
-        Ok(Subscription { receiver })
+        // Fail at once for a position the log does not have.
+        drop(self.inner.wal.reader(from)?);
+        let (sender, receiver) = mpsc::channel(QUEUE_BATCHES_MAX);
+        let fanout = self.inner.fanout.clone();
+        let (id, lagging) = fanout.register(from, sender);
+        Ok(Subscription {
+            receiver,
+            current: None,
+            fanout,
+            id,
+            lagging,
+            next: from,
+            reader: None,
+            ended: false,
+        })
     }
 }
