@@ -6,7 +6,11 @@
 -- what the log projection answers. Columns keep their names; the values keep their meaning.
 --
 -- Texts and JSON documents keep their types: U+0000, which Postgres cannot store, is mapped by
--- the projector (see `src/sink/postgres/mapping.rs`).
+-- the projector (see `src/sink/postgres/mapping.rs`): U+0000 is stored as U+E000 '0', and U+E000
+-- itself as U+E000 U+E000. Rows written before this migration hold no U+0000 (the store refused
+-- it then), but may hold U+E000: it is doubled here, so they read back unchanged. In jsonb the
+-- character appears as itself in the text form (never escaped), so a replace on the text is
+-- exact.
 
 ALTER TABLE users
     ALTER COLUMN registered_at TYPE bigint
@@ -36,3 +40,42 @@ ALTER TABLE analytics_daily_chats
 ALTER TABLE projector_checkpoints
     ADD COLUMN log_id text,
     ADD COLUMN last_event_id text;
+
+-- Existing U+E000 characters in the mapped columns become U+E000 U+E000.
+UPDATE users SET
+    blocked_reason = replace(blocked_reason, chr(57344), chr(57344) || chr(57344)),
+    identity = replace(identity::text, chr(57344), chr(57344) || chr(57344))::jsonb,
+    settings = replace(settings::text, chr(57344), chr(57344) || chr(57344))::jsonb
+WHERE strpos(coalesce(blocked_reason, '') || identity::text || settings::text, chr(57344)) > 0;
+
+UPDATE profiles SET
+    name = replace(name, chr(57344), chr(57344) || chr(57344)),
+    previous_response_id = replace(previous_response_id, chr(57344), chr(57344) || chr(57344)),
+    last_activity = replace(last_activity::text, chr(57344), chr(57344) || chr(57344))::jsonb,
+    document = replace(document::text, chr(57344), chr(57344) || chr(57344))::jsonb
+WHERE strpos(document::text, chr(57344)) > 0;
+
+UPDATE profile_summaries SET
+    analysis_id = replace(analysis_id, chr(57344), chr(57344) || chr(57344)),
+    summary = replace(summary, chr(57344), chr(57344) || chr(57344))
+WHERE strpos(analysis_id || summary, chr(57344)) > 0;
+
+UPDATE profile_facts SET
+    snapshot_id = replace(snapshot_id, chr(57344), chr(57344) || chr(57344)),
+    facts = replace(facts::text, chr(57344), chr(57344) || chr(57344))::jsonb
+WHERE strpos(snapshot_id || facts::text, chr(57344)) > 0;
+
+UPDATE messages SET
+    text = replace(text, chr(57344), chr(57344) || chr(57344)),
+    legacy_ts = replace(legacy_ts::text, chr(57344), chr(57344) || chr(57344))::jsonb
+WHERE strpos(text || coalesce(legacy_ts::text, ''), chr(57344)) > 0;
+
+UPDATE followups SET
+    followup_id = replace(followup_id, chr(57344), chr(57344) || chr(57344))
+WHERE strpos(followup_id, chr(57344)) > 0;
+
+UPDATE config_values SET
+    scope = replace(scope, chr(57344), chr(57344) || chr(57344)),
+    key = replace(key, chr(57344), chr(57344) || chr(57344)),
+    value = replace(value::text, chr(57344), chr(57344) || chr(57344))::jsonb
+WHERE strpos(scope || key || value::text, chr(57344)) > 0;

@@ -737,3 +737,55 @@ async fn nul_characters_and_extreme_times_project_exactly() {
     assert_eq!(extremes, (i64::MIN, i64::MAX));
     store.close().await.unwrap();
 }
+
+/// Proves migration 0002 keeps what a database of 0001 held: times become the same
+/// milliseconds, days the same day numbers, and a U+E000 already in a text reads back unchanged
+/// through the mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0002_keeps_existing_values() {
+    use hybridstore::projection::Projection;
+    use hybridstore::sink::postgres::model::{self, Rows};
+    use hybridstore::{BotId, Timestamp};
+    let db = TestDb::create("upgrade").await;
+    let pool = db.pool().await;
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let sql = |name: &str| std::fs::read_to_string(migrations.join(name)).unwrap();
+    sqlx::raw_sql(&sql("0001_read_models.sql"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO users VALUES ('b', 1, true, 'r\u{E000}', '{\"first_name\": \"A\u{E000}\"}', \
+         '{}', '2026-11-18T11:06:40.123Z'); \
+         INSERT INTO messages VALUES ('b', 1, 5, 'in', 'x\u{E000}y', '2026-11-18T11:06:40.123Z', \
+         NULL); \
+         INSERT INTO analytics_daily VALUES ('b', date '2026-11-18', 1, 0, 1, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&sql("0002_exact_values_and_log_identity.sql"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let at = Timestamp(1_795_000_000_123);
+    let bot = BotId::new("b").unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut projection = Projection::with_components(0, ComponentSet::ALL);
+    model::load(&mut conn, Rows::All, &mut projection)
+        .await
+        .unwrap();
+    let user = projection.user(&bot, 1).unwrap();
+    assert_eq!(user.blocked_reason.as_deref(), Some("r\u{E000}"));
+    assert_eq!(user.identity.first_name.as_deref(), Some("A\u{E000}"));
+    assert_eq!(user.registered_at, at);
+    assert_eq!(
+        projection.daily_by_day(&bot, at.day()).unwrap().messages_in,
+        1
+    );
+    let messages = model::load_last_messages(&mut conn, &bot, 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(&*messages[0].text, "x\u{E000}y");
+    assert_eq!(messages[0].at, at);
+}

@@ -132,6 +132,19 @@ async fn log_projection_and_postgres_agree() {
         .value
         .unwrap();
     assert_eq!(profile.name, "Zo\u{0}e");
+    // Postgres tied to this log answers; tied to another log, it refuses instead of answering
+    // from another history.
+    let own = PgSource::new(db.pool().await, Duration::from_secs(5)).of_log(store.log_id());
+    assert!(own
+        .profile(&bot_a, 100_006, min)
+        .await
+        .unwrap()
+        .value
+        .is_some());
+    let other = PgSource::new(db.pool().await, Duration::from_secs(5))
+        .of_log(hybridstore_wal::LogId::from_bytes([7; 16]));
+    let refused = other.profile(&bot_a, 100_006, min).await.unwrap_err();
+    assert!(refused.to_string().contains("not this log"), "{refused}");
     sink.stop().await;
     store.close().await.unwrap();
 }

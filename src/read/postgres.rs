@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use hybridstore_wal::Position;
+use hybridstore_wal::{LogId, Position};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
@@ -33,6 +33,7 @@ pub struct PgSource {
     pool: PgPool,
     wait_max: Duration,
     sink: Option<watch::Receiver<SinkStatus>>,
+    log: Option<LogId>,
 }
 
 impl PgSource {
@@ -42,7 +43,16 @@ impl PgSource {
             pool,
             wait_max,
             sink: None,
+            log: None,
         }
+    }
+
+    /// Answers only while the read models follow the log `log` (positions of another log mean
+    /// nothing here: a read of them fails instead of answering from another history).
+    #[must_use]
+    pub fn of_log(mut self, log: LogId) -> PgSource {
+        self.log = Some(log);
+        self
     }
 
     /// Waits for `min_position` on the status of the sink that writes the tables (in this
@@ -72,11 +82,18 @@ impl PgSource {
                 .execute(&mut *tx)
                 .await
                 .map_err(|error| unavailable(query("set isolation", error)))?;
-            let applied_end = model::cursors(&mut tx, false)
-                .await
-                .map_err(unavailable)?
-                .get(component)
-                .next;
+            let cursors = model::cursors(&mut tx, false).await.map_err(unavailable)?;
+            if let (Some(log), Some(stored)) = (self.log, cursors.log) {
+                if log != stored {
+                    return Err(ReadError::Unavailable {
+                        source_name: "postgres",
+                        message: format!(
+                            "the read models follow log {stored}, not this log ({log})"
+                        ),
+                    });
+                }
+            }
+            let applied_end = cursors.get(component).next;
             if min_position.is_none_or(|min| reached(applied_end, min)) {
                 return Ok((tx, applied_end));
             }
@@ -93,7 +110,7 @@ impl PgSource {
             match &mut sink {
                 Some(status) => {
                     let min = min_position.unwrap_or_default();
-                    let _ = tokio::time::timeout(
+                    let waited = tokio::time::timeout(
                         left,
                         status.wait_for(|s| {
                             s.components
@@ -102,9 +119,11 @@ impl PgSource {
                                 || s.stopped.is_some()
                         }),
                     )
-                    .await;
-                    if status.borrow().stopped.is_some() {
-                        // A stopped sink will not move the checkpoint: poll from now on.
+                    .await
+                    .map(|found| found.map(|s| s.stopped.is_some()));
+                    // A stopped sink, or one whose handle is gone, will not say when the
+                    // checkpoint moves: poll from now on.
+                    if matches!(waited, Ok(Err(_)) | Ok(Ok(true))) {
                         sink = None;
                     }
                 }

@@ -403,6 +403,9 @@ impl<S: Sink> Runner<S> {
         backoff: &mut Duration,
     ) -> Restart {
         let start = lowest(&cursors);
+        // A failure met before a resync belongs to the old subscription: the new one reads the
+        // log again from the cursors and meets it again if it is still there.
+        self.log_failure = None;
         let mut subscription = match self.store.subscribe(start) {
             Ok(s) => s,
             Err(error) => {

@@ -2,9 +2,9 @@
 //! subscribers at once.
 //!
 //! One fan-out thread (`hybridstore-fanout`) follows the durable log (it waits on the log's
-//! durable notification, not on a timer), decodes each record once and hands each group of
-//! durable records, shared, to every live subscriber: one queue operation per subscriber per
-//! group commit. A subscriber that starts behind the fan-out, or falls behind it (its queue is
+//! durable notification, not on a timer), decodes each record once and hands what became
+//! durable, shared, to every live subscriber in batches (up to 1024 events): one queue operation
+//! per subscriber per batch, not per event. A subscriber that starts behind the fan-out, or falls behind it (its queue is
 //! full), is *lagging*: the fan-out skips it, and the subscriber reads the log itself, at its own
 //! pace, when it asks for its next event, until it stands where the fan-out stands and rejoins.
 //! The log is the buffer: a slow or idle subscriber costs the others nothing and loses nothing.
@@ -99,7 +99,7 @@ impl Fanout {
             Err(error) => return self.stop_with(Some(error.into())),
         };
         while !self.shutdown.load(Ordering::Relaxed) {
-            match read_batch(&mut reader, &self.shutdown) {
+            match read_batch(&mut reader) {
                 Ok(None) => {}
                 Ok(Some(Batch { events, failure })) => {
                     self.hand_out(&events);
@@ -151,17 +151,17 @@ impl Fanout {
         state.next = end;
     }
 
-    /// Ends the fan-out: every live subscriber that is not lagging gets `error`, if any, then
-    /// its end (a lagging one reads the log itself until it meets the same end).
+    /// Ends the fan-out (the store closed, or the log could not be read: `error`): every
+    /// subscriber goes on reading the log itself, so each meets the same end — every durable
+    /// event, then the typed error or the end of the store — whatever its queue held.
     fn stop_with(&self, error: Option<StoreError>) {
+        if let Some(error) = &error {
+            tracing::error!(%error, "the subscription fan-out stopped");
+        }
         let mut state = self.state();
         state.stopped = true;
         for live in state.subscribers.drain(..) {
-            if let (Some(error), false) = (&error, live.lagging()) {
-                let _ = live
-                    .sender
-                    .try_send(Err(StoreError::Task(error.to_string())));
-            }
+            live.lagging.store(true, Ordering::Release);
         }
     }
 
@@ -211,12 +211,12 @@ struct Batch {
 
 /// Waits (up to [`SHUTDOWN_CHECK`]) for a durable record, then reads and decodes what is durable
 /// after it, up to [`BATCH_EVENTS_MAX`]. `None`: nothing new yet.
-fn read_batch(reader: &mut Reader, shutdown: &AtomicBool) -> Result<Option<Batch>> {
+fn read_batch(reader: &mut Reader) -> Result<Option<Batch>> {
     let Some(first) = reader.next_blocking(SHUTDOWN_CHECK)? else {
         return Ok(None);
     };
     let mut records = vec![first];
-    while records.len() < BATCH_EVENTS_MAX && !shutdown.load(Ordering::Relaxed) {
+    while records.len() < BATCH_EVENTS_MAX {
         match reader.next_record() {
             Ok(Some(record)) => records.push(record),
             _ => break,
@@ -272,7 +272,8 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// The next event; waits for it to become durable. `None` once the store has closed.
+    /// The next event; waits for it to become durable. `None` once the store has closed and
+    /// every event durable by then has been handed out.
     pub async fn next(&mut self) -> Option<Result<RecordedEvent>> {
         Some(self.next_shared().await?.map(Arc::unwrap_or_clone))
     }
@@ -343,30 +344,44 @@ impl Subscription {
         }
     }
 
-    /// Reads the next events from the log itself (lagging), or rejoins the fan-out when there
-    /// is nothing more to read. Returns whether it got events (or rejoined).
+    /// Reads the next events from the log itself (lagging), or rejoins the fan-out once it
+    /// stands where the fan-out does. Returns whether it got events (or rejoined); an error
+    /// after the store closed is its end (`Ok(false)`).
     async fn catch_up(&mut self) -> Result<bool> {
-        let reader = match self.reader.take() {
-            Some(reader) => reader,
-            None => self.fanout.wal.reader(self.next)?,
-        };
-        // The log has everything below the durable end: if this subscriber stands there and the
-        // fan-out has not passed it, rejoin. (Checked before reading, so an idle store does not
-        // keep a caught-up subscriber reading.)
-        if reader.position() >= self.fanout.wal.durable_end()
-            && self.fanout.rejoin(self.id, reader.position())
-        {
+        // Where the fan-out has not passed this subscriber, it hands it everything from here on:
+        // rejoin (cheap; tried before every read, so a laggard under steady appends rejoins as
+        // soon as it has caught up).
+        if self.fanout.rejoin(self.id, self.next) {
+            self.reader = None;
             return Ok(true);
         }
         let shutdown = self.fanout.shutdown.clone();
+        let closed = move |error: StoreError| {
+            if shutdown.load(Ordering::Relaxed) {
+                Ok(false)
+            } else {
+                Err(error)
+            }
+        };
+        let reader = match self.reader.take() {
+            Some(reader) => reader,
+            None => match self.fanout.wal.reader(self.next) {
+                Ok(reader) => reader,
+                Err(error) => return closed(error.into()),
+            },
+        };
         let (reader, batch) = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
-            let batch = read_batch(&mut reader, &shutdown);
+            let batch = read_batch(&mut reader);
             (reader, batch)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
-        match batch? {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => return closed(error),
+        };
+        match batch {
             None => {
                 self.reader = Some(reader);
                 Ok(false)

@@ -121,7 +121,6 @@ impl PgError {
                 | sqlx::Error::Tls(_)
                 | sqlx::Error::Protocol(_)
                 | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed => true,
                 _ => false,
             },

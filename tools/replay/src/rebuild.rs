@@ -878,20 +878,33 @@ async fn swap_once(
     // The projector takes its checkpoints first and the tables after: so does the swap, so the
     // two wait for each other instead of deadlocking.
     let standing = model::cursors(&mut tx, true).await?;
-    // The database adopts this log for the rebuilt components; the others must follow it
-    // already, or the checkpoints would name two histories.
-    if let Some(other) = standing.log.filter(|other| *other != log_id) {
-        let others = ComponentSet::ALL
-            .iter()
-            .filter(|c| !components.contains(*c) && standing.get(*c).next > Position(0))
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>();
-        ensure!(
-            others.is_empty(),
-            "the database's other components ({}) follow log {other}, not this log ({log_id}): \
-             rebuild every component (--component all) to adopt this log",
-            others.join(", ")
-        );
+    // The database adopts this log. The components not rebuilt must follow it already (their
+    // history is this log's) or stand at the start; otherwise the checkpoints would name two
+    // histories.
+    let others: Vec<Component> = ComponentSet::ALL
+        .iter()
+        .filter(|c| !components.contains(*c))
+        .collect();
+    let past_start: Vec<String> = others
+        .iter()
+        .filter(|c| standing.get(**c).next > Position(0))
+        .map(|c| c.to_string())
+        .collect();
+    if !past_start.is_empty() {
+        match standing.log {
+            Some(other) if other != log_id => bail!(
+                "the database's other components ({}) follow log {other}, not this log \
+                 ({log_id}): rebuild every component (--component all) to adopt this log",
+                past_start.join(", ")
+            ),
+            None => bail!(
+                "the database's other components ({}) were projected before logs had ids, so \
+                 nothing shows they follow this log ({log_id}): rebuild every component \
+                 (--component all) to adopt it",
+                past_start.join(", ")
+            ),
+            Some(_) => {}
+        }
     }
     let live_tables: Vec<String> = tables.iter().map(|t| format!("{live}.{t}")).collect();
     sqlx::query(&format!(
@@ -914,8 +927,18 @@ async fn swap_once(
         .await
         .with_context(|| format!("moving the new {table} in"))?;
     }
-    // Adopt this log: the other components too (they stand at the start, or follow it).
     model::set_cursors(&mut tx, components, log_id, cursor).await?;
+    // The other components that stand at the start adopt the log too (they follow it already
+    // otherwise, as checked above).
+    let at_start = ComponentSet::of(
+        others
+            .iter()
+            .copied()
+            .filter(|c| standing.get(*c).next == Position(0)),
+    );
+    if !at_start.is_empty() {
+        model::set_cursors(&mut tx, at_start, log_id, Cursor::START).await?;
+    }
     sqlx::query(&format!("DROP SCHEMA {STAGING_SCHEMA} CASCADE"))
         .execute(&mut *tx)
         .await
