@@ -846,6 +846,49 @@ async fn hundreds_of_subscribers_each_see_every_event_once_in_order() {
     store.close().await.unwrap();
 }
 
+/// Proves closing the store ends every subscription the same way: a subscriber that was live
+/// and one that had fallen behind (its queue full) both get every event durable before the
+/// close, in order, and then the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_ends_live_and_lagging_subscribers_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    let mut live = store.subscribe(Position(0)).unwrap();
+    let mut lagging = store.subscribe(Position(0)).unwrap();
+    for n in 0..400 {
+        store
+            .append(&conv(n % 5), ExpectedVersion::Any, one(received("x")))
+            .await
+            .unwrap();
+        // One subscriber keeps up (now and then); the other never reads until the end.
+        if n % 50 == 0 {
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(1), live.next()).await
+            {
+                event.unwrap();
+            }
+        }
+    }
+    let end = store.durable_end();
+    store.clone().close().await.unwrap();
+    for (name, subscription) in [("live", &mut live), ("lagging", &mut lagging)] {
+        let mut positions = Vec::new();
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("the {name} subscription did not end"))
+        {
+            positions.push(event.unwrap().position.0);
+        }
+        if name == "lagging" {
+            assert_eq!(positions, (0..end.0).collect::<Vec<_>>(), "{name}");
+        } else {
+            // The live one read some already: what is left is the rest, in order, to the end.
+            let first = positions.first().copied().unwrap_or(end.0);
+            assert_eq!(positions, (first..end.0).collect::<Vec<_>>(), "{name}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------------------------
