@@ -1,11 +1,11 @@
-//! The Postgres projection: read models in PostgreSQL, kept by a projector that follows the log
+//! The Postgres projection: read models in PostgreSQL, kept by a sink that follows the log
 //! exactly once (design §5, §8).
 //!
 //! # Layout
 //! - [`config`]: where the database is (the bot's `DB_*` variables or `DATABASE_URL`), the pool,
 //!   one-line descriptions of connection failures.
-//! - [`model`]: the tables (created by the migrations in `migrations/`) and the projection: which
-//!   rows an event touches, loading rows into a [`crate::projection::Projection`], writing its
+//! - [`model`]: the tables (created by the migrations in `migrations/`) and the projection:
+//!   loading rows into a [`crate::projection::Projection`], writing its
 //!   entries back set-based.
 //! - [`verify`]: every row compared with the log projection at the tables' checkpoint (what
 //!   `hybridstore-replay --verify` runs).
@@ -16,7 +16,7 @@
 //! # Invariants
 //! - A component's rows and its checkpoint change in the same transaction: every event below the
 //!   checkpoint has taken effect once, none above it.
-//! - The projector applies the same `Projection::apply` as the log projection, to the rows a batch
+//! - The sink applies the same `Projection::apply` as the log projection, to the rows a batch
 //!   touches; the tables therefore equal the log projection at the checkpoint.
 
 pub mod config;

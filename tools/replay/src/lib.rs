@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`rebuild`]: replay into fresh tables in a staging schema, resumable chunk by chunk, then
-//!   swap them in atomically.
+//!   swap them in atomically (the swap itself, and the log's adoption, in `swap.rs`).
 //! - [`progress`]: a progress bar on a terminal, periodic plain lines when piped.
 //!
 //! Verification is the library's `hybridstore::sink::postgres::verify` (the projector's tests use it too).
@@ -11,3 +11,4 @@
 
 pub mod progress;
 pub mod rebuild;
+mod swap;
