@@ -10,7 +10,7 @@
 //! | `projection_rebuild/wal_open_iterate`     | **baseline**: `Wal::open` + one verified pass over every record of the rebuild log (CRCs, no decoding) | events/s |
 //! | `projection_rebuild/store_open`           | `Store::open` over the same log: recovery, then decoding every event into the per-stream index, the dedupe index and the projection | events/s |
 //! | `hot_reads/{profile,last_messages_20,conversation_head,config_value}` | the bot's hot-path reads through the `Store` (`min_position: None`), on the store over the rebuild log; chats in a fixed random order | reads/s |
-//! | report (stdout, after criterion)          | the ratios: store/wal append throughput (target ≥ 0.8) with p50/p99, durable appends with 500 idle and 500 active subscribers as ratios to none, and the per-append latency of each side with one appender in `Durability::Never` beside a no-op `spawn_blocking` round trip (the store's hop to the log); rebuild events/s (target ≥ 1M/s) against the raw pass and a decode-only pass; read p50/p99/p999 (target p99 ≤ 5 µs) against the same lookup on a plain `Projection` (no lock, no async) | µs, ratios |
+//! | report (stdout, after criterion)          | the ratios: store/wal append throughput (target ≥ 0.8) with p50/p99, durable appends with 500 idle and 500 active subscribers as ratios to none, and one appender's throughput and latency on each side in `Durability::Never` (CPU cost) and `Durability::Always`; rebuild events/s (target ≥ 1M/s) against the raw pass and a decode-only pass; read p50/p99/p999 (target p99 ≤ 5 µs) against the same lookup on a plain `Projection` (no lock, no async) | µs, ratios |
 //!
 //! # Reading the ratios
 //! Only compare numbers from the same run on the same machine; the report prints the ratios
@@ -1224,78 +1224,83 @@ fn report_subscribers(out: &mut String, settings: &Settings, inputs: &AppendInpu
     }
 }
 
-/// One appender, `Durability::Never`: what one append costs in CPU on each side, without the
-/// `fdatasync` (at 64 appenders on a small machine, that cost decides how full each group
-/// commit gets).
+/// One appender: what one append costs on each side, in `Durability::Never` (the CPU cost,
+/// without the `fdatasync`) and in `Durability::Always` (what a bot process appending alone
+/// sees), each store run beside a log run in the same report.
 fn report_append_cost(
     out: &mut String,
     settings: &Settings,
     inputs: &AppendInputs,
     runtime: &tokio::runtime::Runtime,
 ) {
-    let ops = settings.append_ops as usize;
-    let wal = TempWal::open(settings, "report-wal-never", Durability::Never);
-    let mut latencies = Vec::with_capacity(ops);
-    let started = Instant::now();
-    for i in 0..ops {
-        let op = Instant::now();
-        black_box(
-            wal.wal
-                .append(&[&inputs.records[i % POOL_LEN]])
-                .expect("append"),
-        );
-        latencies.push(nanos(op.elapsed()));
-    }
-    let wal_run = LatencyRun::new("wal append x1, never", latencies, started.elapsed());
-    wal.wal.close().expect("close a bench log");
-
-    let store = TempStore::open(settings, runtime, "report-store-never", Durability::Never);
-    let stream = StreamId::conversation(&bot(), 1);
-    let store_run = runtime.block_on(async {
-        let mut latencies = Vec::with_capacity(ops);
-        let started = Instant::now();
-        for _ in 0..ops {
-            let id = NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed);
-            let event = NewEvent::new(message_received(&inputs.texts[id as usize % POOL_LEN], id))
-                .with_key(format!("tg:1:{id}:in"));
-            let op = Instant::now();
-            black_box(
-                store
-                    .store
-                    .append(&stream, ExpectedVersion::Any, vec![event])
-                    .await
-                    .expect("append"),
-            );
-            latencies.push(nanos(op.elapsed()));
-        }
-        LatencyRun::new("store append x1, never", latencies, started.elapsed())
-    });
-    store.close(runtime);
-    // The hop every `Store::append` makes to run the log's blocking append.
-    let hop_run = runtime.block_on(async {
+    for (durability, name, ops) in [
+        (Durability::Never, "never", settings.append_ops as usize),
+        (
+            Durability::Always,
+            "always",
+            (settings.append_ops as usize / 8).max(1),
+        ),
+    ] {
+        let wal = TempWal::open(settings, &format!("report-wal-x1-{name}"), durability);
         let mut latencies = Vec::with_capacity(ops);
         let started = Instant::now();
         for i in 0..ops {
             let op = Instant::now();
             black_box(
-                tokio::task::spawn_blocking(move || black_box(i))
-                    .await
-                    .expect("a no-op blocking task"),
+                wal.wal
+                    .append(&[&inputs.records[i % POOL_LEN]])
+                    .expect("append"),
             );
             latencies.push(nanos(op.elapsed()));
         }
-        LatencyRun::new("tokio spawn_blocking no-op", latencies, started.elapsed())
-    });
-    let _ = writeln!(out, "{}", wal_run.line());
-    let _ = writeln!(out, "{}", store_run.line());
-    let _ = writeln!(out, "{}", hop_run.line());
-    let _ = writeln!(
-        out,
-        "{:<34}: +{:.2} µs per append at p50 ({:.1}x the log's latency)",
-        "store x1 over wal x1, never",
-        store_run.percentile_us(0.5) - wal_run.percentile_us(0.5),
-        store_run.percentile_us(0.5) / wal_run.percentile_us(0.5)
-    );
+        let wal_run = LatencyRun::new(
+            format!("wal append x1, {name}"),
+            latencies,
+            started.elapsed(),
+        );
+        wal.wal.close().expect("close a bench log");
+        let store = TempStore::open(
+            settings,
+            runtime,
+            &format!("report-store-x1-{name}"),
+            durability,
+        );
+        let stream = StreamId::conversation(&bot(), 1);
+        let store_run = runtime.block_on(async {
+            let mut latencies = Vec::with_capacity(ops);
+            let started = Instant::now();
+            for _ in 0..ops {
+                let id = NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed);
+                let event =
+                    NewEvent::new(message_received(&inputs.texts[id as usize % POOL_LEN], id))
+                        .with_key(format!("tg:1:{id}:in"));
+                let op = Instant::now();
+                black_box(
+                    store
+                        .store
+                        .append(&stream, ExpectedVersion::Any, vec![event])
+                        .await
+                        .expect("append"),
+                );
+                latencies.push(nanos(op.elapsed()));
+            }
+            LatencyRun::new(
+                format!("store append x1, {name}"),
+                latencies,
+                started.elapsed(),
+            )
+        });
+        store.close(runtime);
+        let _ = writeln!(out, "{}", wal_run.line());
+        let _ = writeln!(out, "{}", store_run.line());
+        let _ = writeln!(
+            out,
+            "{:<34}: {:.3}x the log's throughput; +{:.2} µs per append at p50",
+            format!("store x1 / wal x1, {name}"),
+            store_run.ops_per_sec() / wal_run.ops_per_sec(),
+            store_run.percentile_us(0.5) - wal_run.percentile_us(0.5),
+        );
+    }
 }
 
 fn report_rebuild(out: &mut String, settings: &Settings, log: &RebuildLog) {

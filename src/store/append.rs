@@ -1,12 +1,12 @@
 //! Appends: what a caller hands in ([`NewEvent`], [`ExpectedVersion`]) and gets back
 //! ([`AppendResult`]), and [`Store::append`].
 
-use hybridstore_wal::Position;
+use hybridstore_wal::{Durability, Position};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::validate::validate;
-use super::writer::AppendRequest;
+use super::writer::{self, AppendRequest};
 use super::Store;
 use crate::error::{InputError, Result, StoreError};
 use crate::events::{decode_record, Event, StoredEvent};
@@ -79,6 +79,30 @@ pub struct AppendResult {
     pub last_position: Position,
     /// The stream's version after the append (its last event's version).
     pub stream_version: StreamVersion,
+}
+
+/// Counts an append handed on (to the writer thread, or written by its caller) until it is
+/// answered or its caller goes away.
+struct InFlight<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// No other append was in flight when this one entered.
+    was_alone: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight {
+            count,
+            was_alone: before == 0,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Store {
@@ -213,6 +237,35 @@ impl Store {
         Ok(records)
     }
 
+    /// Writes `request` here if the writer role is free (returning `None`: it is answered), or
+    /// gives it back. It runs to its end inside the caller's poll (no await), so a dropped
+    /// future cannot interrupt it.
+    fn write_own(&self, request: AppendRequest) -> Option<AppendRequest> {
+        if !self.inner.config.appends_by_caller {
+            return Some(request);
+        }
+        let always = self.inner.wal.options().durability == Durability::Always;
+        // An fdatasync blocks: only where the runtime can move this worker's other tasks away.
+        if always
+            && !tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return Some(request);
+        }
+        let Some(role) = self.inner.writer_role.try_take() else {
+            return Some(request);
+        };
+        let inner = &self.inner;
+        let write = || writer::process(&inner.wal, &inner.indexes, vec![request]);
+        if always {
+            tokio::task::block_in_place(write);
+        } else {
+            write();
+        }
+        drop(role);
+        None
+    }
+
     /// Hands an append to the writer thread and waits for its answer.
     ///
     /// The writer thread appends, updates the indexes and only then releases the stream's lock:
@@ -233,10 +286,28 @@ impl Store {
         let Some(sender) = sender else {
             return Err(StoreError::Closed);
         };
+        // The lighter path: when this is the only append in flight (no batch can form, so a
+        // group commit would gain nothing) and no batch is being written, this task writes its
+        // own append, without the hand-off to the writer thread and back.
+        let in_flight = InFlight::enter(&self.inner.appends_in_flight);
+        let alone = in_flight.was_alone;
+        let request = match if alone {
+            self.write_own(request)
+        } else {
+            Some(request)
+        } {
+            None => {
+                drop(sender);
+                return answer.await.map_err(|_| StoreError::Closed)?;
+            }
+            Some(request) => request,
+        };
         sender.send(request).map_err(|_| StoreError::Closed)?;
         // Hold no sender while waiting: `close` stops the writer once every sender is gone, and
         // must not wait for a caller that stopped polling.
         drop(sender);
-        answer.await.map_err(|_| StoreError::Closed)?
+        let answered = answer.await.map_err(|_| StoreError::Closed)?;
+        drop(in_flight);
+        answered
     }
 }

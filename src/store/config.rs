@@ -25,6 +25,10 @@ pub struct StoreConfig {
     pub conversation_tail_len: usize,
     /// Longest a read with `min_position` waits for the projection.
     pub read_wait_max: Duration,
+    /// Whether an appender that finds no batch forming writes its own append (the lighter
+    /// path: no hand-off to the writer thread and back; on by default). Off, every append goes
+    /// through the writer thread.
+    pub appends_by_caller: bool,
 }
 
 impl StoreConfig {
@@ -36,6 +40,7 @@ impl StoreConfig {
             event_size_max_bytes: EVENT_SIZE_MAX_BYTES_DEFAULT,
             conversation_tail_len: 50,
             read_wait_max: Duration::from_secs(2),
+            appends_by_caller: true,
         }
     }
 

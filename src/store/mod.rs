@@ -14,7 +14,8 @@
 //!
 //! # Layout
 //! - `append.rs`: the append's steps; `validate.rs`: what input is refused; `indexes.rs`: the
-//!   per-stream and dedupe indexes and the retry-or-conflict rule; `writer.rs`: the writer thread.
+//!   per-stream and dedupe indexes and the retry-or-conflict rule; `writer.rs`: the writer thread
+//!   and the writer role (an append alone is written by its caller).
 //! - `read.rs`: stream, log and projection reads; `subscribe.rs`: the fan-out; `follow.rs`: the
 //!   projector thread; `rebuild.rs`: the rebuild at open; `config.rs`.
 //!
@@ -62,6 +63,10 @@ struct Inner {
     /// Requests to the writer thread; `None` once closing.
     appender: Mutex<Option<std::sync::mpsc::Sender<AppendRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Who writes to the log (the writer thread, or an appender on the lighter path).
+    writer_role: Arc<writer::WriterRole>,
+    /// Appends handed on and not yet answered (the lighter path is for an append alone).
+    appends_in_flight: std::sync::atomic::AtomicUsize,
     projection: RwLock<Projection>,
     applied: watch::Sender<Position>,
     tail_error: Mutex<Option<String>>,
@@ -127,11 +132,12 @@ impl Store {
         let mut projection = Projection::new(config.conversation_tail_len);
         let stats = rebuild::rebuild(&wal, &mut projection, Some(&indexes))?;
         let (appender, requests) = std::sync::mpsc::channel();
+        let writer_role = Arc::new(writer::WriterRole::default());
         let writer = {
-            let (wal, indexes) = (wal.clone(), indexes.clone());
+            let (wal, indexes, role) = (wal.clone(), indexes.clone(), writer_role.clone());
             std::thread::Builder::new()
                 .name("hybridstore-writer".into())
-                .spawn(move || writer::append_loop(&wal, &indexes, &requests))
+                .spawn(move || writer::append_loop(&wal, &indexes, &role, &requests))
                 .map_err(|e| StoreError::Task(e.to_string()))?
         };
         tracing::info!(events = stats.events, end = %stats.end, "rebuilt the log projection");
@@ -145,6 +151,8 @@ impl Store {
             stream_locks: DashMap::with_hasher(ahash::RandomState::new()),
             appender: Mutex::new(Some(appender)),
             writer: Mutex::new(Some(writer)),
+            writer_role,
+            appends_in_flight: std::sync::atomic::AtomicUsize::new(0),
             projection: RwLock::new(projection),
             applied,
             tail_error: Mutex::new(None),

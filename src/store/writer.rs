@@ -2,6 +2,8 @@
 //! records the indexes, releases the stream locks and answers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use hybridstore_wal::{Position, Wal};
 
@@ -41,40 +43,84 @@ enum Verdict {
 /// then records each append in the indexes, releases its stream lock and answers it.
 ///
 /// One round:
-/// 1. Take every queued append that fits one log batch ([`gather`]).
+/// 1. Take every queued append that fits one log batch ([`gather`]), then the [`WriterRole`].
 /// 2. Classify each against the dedupe index and the batch's earlier appends ([`classify_batch`]).
 /// 3. Append the new ones' records as one atomic log batch.
 /// 4. Record the new appends in the indexes, release the stream locks, answer ([`answer`]); or,
 ///    if the log failed, fail every append of the batch with the cause ([`fail`]).
+///
+/// Steps 2–4 are [`process`], which an appender also runs for its own append when it finds the
+/// role free (see [`WriterRole`]).
 pub(super) fn append_loop(
     wal: &Wal,
     indexes: &Indexes,
+    role: &WriterRole,
     requests: &std::sync::mpsc::Receiver<AppendRequest>,
 ) {
     let bytes_max = wal.options().append_encoded_len_max();
     let mut carried: Option<AppendRequest> = None;
     while let Some(batch) = gather(requests, &mut carried, bytes_max) {
-        let verdicts = classify_batch(indexes, &batch);
-        let records: Vec<&[u8]> = batch
-            .iter()
-            .zip(&verdicts)
-            .filter(|(_, verdict)| matches!(verdict, Verdict::New))
-            .flat_map(|(r, _)| r.records.iter().map(Vec::as_slice))
-            .collect();
-        let appended = if records.is_empty() {
-            Ok(None)
-        } else {
-            wal.append(&records).map(Some)
-        };
-        match appended {
-            Ok(appended) => answer(
-                indexes,
-                batch,
-                verdicts,
-                appended.map_or(Position(0), |a| a.first),
-            ),
-            Err(error) => fail(batch, error),
+        // Say a batch is waiting first, so that no appender starts writing its own append
+        // ahead of it (see `WriterRole`).
+        role.batch_waiting.store(true, Ordering::SeqCst);
+        let writing = role.lock();
+        role.batch_waiting.store(false, Ordering::SeqCst);
+        process(wal, indexes, batch);
+        drop(writing);
+    }
+}
+
+/// Who writes to the log: the writer thread, or an appender writing its own append when no
+/// batch is forming (the lighter path: no hand-off to the writer thread and back). Holding the
+/// lock is the role: every append is classified, written and recorded by one holder at a time,
+/// so the dedupe index stays the one last word on duplicates.
+#[derive(Debug, Default)]
+pub(super) struct WriterRole {
+    lock: Mutex<()>,
+    /// The writer thread has gathered a batch and waits for the role: appenders queue behind it.
+    batch_waiting: AtomicBool,
+}
+
+impl WriterRole {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The role, if nobody holds it and no batch waits for it.
+    pub(super) fn try_take(&self) -> Option<MutexGuard<'_, ()>> {
+        if self.batch_waiting.load(Ordering::SeqCst) {
+            return None;
         }
+        match self.lock.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+/// Classifies, writes and answers one batch (the holder of the [`WriterRole`] calls it).
+pub(super) fn process(wal: &Wal, indexes: &Indexes, batch: Vec<AppendRequest>) {
+    let verdicts = classify_batch(indexes, &batch);
+    let records: Vec<&[u8]> = batch
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| matches!(verdict, Verdict::New))
+        .flat_map(|(r, _)| r.records.iter().map(Vec::as_slice))
+        .collect();
+    let appended = if records.is_empty() {
+        Ok(None)
+    } else {
+        wal.append(&records).map(Some)
+    };
+    match appended {
+        Ok(appended) => answer(
+            indexes,
+            batch,
+            verdicts,
+            appended.map_or(Position(0), |a| a.first),
+        ),
+        Err(error) => fail(batch, error),
     }
 }
 
