@@ -28,8 +28,37 @@ use crate::{Format, Verdict};
 /// Longest the human line's JSON of the event data gets before it is cut (with `…`).
 pub const HUMAN_DATA_LEN_MAX: usize = 160;
 
+/// Which events `find` prints (`dump` prints every record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// The events of one stream (`conv-girlbot-123`).
+    Stream(String),
+    /// The event with this id.
+    EventId(uuid::Uuid),
+    /// The events with this idempotency key; keys belong to a bot, so `bot` narrows it to one.
+    Key {
+        /// The key.
+        key: String,
+        /// Only this bot's events.
+        bot: Option<String>,
+    },
+}
+
+impl Filter {
+    fn matches(&self, event: &RecordedEvent) -> bool {
+        match self {
+            Filter::Stream(stream) => event.stream.to_string() == *stream,
+            Filter::EventId(id) => event.event_id == *id,
+            Filter::Key { key, bot } => {
+                event.idempotency_key.as_deref() == Some(key.as_str())
+                    && bot.as_ref().is_none_or(|b| event.bot_id.as_str() == b)
+            }
+        }
+    }
+}
+
 /// Which records `dump` prints, and how much of each.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DumpRange {
     /// First position to print (default: the first in the log).
     pub from: Option<Position>,
@@ -38,6 +67,9 @@ pub struct DumpRange {
     /// Print every record's bytes (and, in human lines, its frame), not only those that do not
     /// decode.
     pub raw: bool,
+    /// Only the events this matches (`find`); records that do not decode cannot match and are
+    /// counted on the diagnostic stream instead. `None`: every record (`dump`).
+    pub filter: Option<Filter>,
 }
 
 /// One record as JSON (`{"type":"record","data":{..}}`). Fields are a stable interface: the
@@ -83,10 +115,14 @@ pub fn dump(
     diagnostics: &mut dyn Write,
 ) -> anyhow::Result<Verdict> {
     let from = range.from.unwrap_or_default();
+    let finding = range.filter.is_some();
     let mut printer = Printer {
         from,
         remaining: range.limit.unwrap_or(u64::MAX),
         raw: range.raw,
+        filter: range.filter,
+        matched: 0,
+        undecodable: 0,
         format,
         out,
         error: None,
@@ -120,6 +156,19 @@ pub fn dump(
         }
     }
     printer.out.flush().context("cannot write output")?;
+    if finding {
+        if printer.undecodable > 0 {
+            writeln!(
+                diagnostics,
+                "note: {} record(s) do not decode as events and could not be matched (`dump` shows them)",
+                printer.undecodable
+            )?;
+        }
+        // Like grep: nothing found is exit 1.
+        if printer.matched == 0 {
+            return Ok(Verdict::Problems);
+        }
+    }
     Ok(Verdict::Clean)
 }
 
@@ -127,6 +176,11 @@ struct Printer<'a> {
     from: Position,
     remaining: u64,
     raw: bool,
+    filter: Option<Filter>,
+    /// Events the filter matched.
+    matched: u64,
+    /// Records that do not decode, so no filter can match them.
+    undecodable: u64,
     format: Format,
     out: &'a mut dyn Write,
     /// The first write error; once set, nothing more is written.
@@ -149,6 +203,20 @@ impl Printer<'_> {
         for payload in scanned.frame.records().flatten() {
             if position >= self.from && !self.finished() {
                 let decoded = decode_record(position, payload);
+                if let Some(filter) = &self.filter {
+                    match &decoded {
+                        Ok(event) if filter.matches(event) => self.matched += 1,
+                        Ok(_) => {
+                            position = position.advance(1);
+                            continue;
+                        }
+                        Err(_) => {
+                            self.undecodable += 1;
+                            position = position.advance(1);
+                            continue;
+                        }
+                    }
+                }
                 let raw = self.raw || decoded.is_err();
                 let (event, decode_error) = match decoded {
                     Ok(event) => (Some(event), None),

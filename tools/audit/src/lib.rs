@@ -12,6 +12,7 @@
 //! - [`stat`]: `stat` — the log id, counts, positions, bytes and a per-segment table.
 //! - [`dump`]: `dump` — records from a position, one line each, decoded as events with the
 //!   store's codec (`hybridstore::events`); records that do not decode are shown with the reason.
+//!   `find` is `dump` with a [`dump::Filter`]: a stream, an event id, or an idempotency key.
 //! - [`repair`]: `repair` — the only command that writes: takes the writer lock, backs up what it
 //!   cuts, cuts, and verifies again.
 //!

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use hybridstore_audit::check::LogDir;
-use hybridstore_audit::dump::DumpRange;
+use hybridstore_audit::dump::{DumpRange, Filter};
 use hybridstore_audit::{dump, is_broken_pipe, repair, stat, verify, Format, Verdict};
 use hybridstore_wal::io::StdFs;
 use hybridstore_wal::Position;
@@ -37,6 +37,11 @@ enum Command {
     /// A record that does not decode is printed with its decode error and its bytes (exit 0
     /// unless frames are damaged).
     Dump(DumpArgs),
+    /// Print the events of a stream, the event with an id, or the events with an idempotency
+    /// key (like `dump`; JSON Lines with --format json). Exit 0 when something matched, 1 when
+    /// nothing did (or frames are damaged), 2 when it could not run.
+    #[command(group(clap::ArgGroup::new("what").required(true)))]
+    Find(FindArgs),
     /// Cut a torn or corrupt log back to its last valid frame, backing up what is cut.
     ///
     /// Takes the writer lock (refuses while a writer has the log open), copies everything it cuts
@@ -93,6 +98,32 @@ struct DumpArgs {
 }
 
 #[derive(Debug, Args)]
+struct FindArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// The events of this stream (`bot-B`, `user-B-U`, `conv-B-C`, `telemetry-B`).
+    #[arg(long, value_name = "STREAM", group = "what")]
+    stream: Option<String>,
+
+    /// The event with this id (a UUID).
+    #[arg(long, value_name = "UUID", group = "what")]
+    event_id: Option<uuid::Uuid>,
+
+    /// The events with this idempotency key.
+    #[arg(long, value_name = "KEY", group = "what")]
+    key: Option<String>,
+
+    /// With --key: only this bot's events (keys belong to a bot).
+    #[arg(long, value_name = "BOT", requires = "key")]
+    bot: Option<String>,
+
+    /// Print at most N events.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 struct RepairArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -128,6 +159,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
     let common = match &cli.command {
         Command::Verify(common) | Command::Stat(common) => common,
         Command::Dump(args) => &args.common,
+        Command::Find(args) => &args.common,
         Command::Repair(args) => &args.common,
     };
     let log = LogDir::locate(&fs, common.dir())?;
@@ -139,6 +171,33 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
                 from: args.from.map(Position),
                 limit: args.limit,
                 raw: args.raw,
+                filter: None,
+            };
+            dump::dump(
+                &fs,
+                &log,
+                range,
+                args.common.format,
+                out,
+                &mut io::stderr().lock(),
+            )
+        }
+        Command::Find(args) => {
+            let filter = match (&args.stream, args.event_id, &args.key) {
+                (Some(stream), _, _) => Filter::Stream(stream.clone()),
+                (_, Some(id), _) => Filter::EventId(id),
+                (_, _, Some(key)) => Filter::Key {
+                    key: key.clone(),
+                    bot: args.bot.clone(),
+                },
+                (None, None, None) => {
+                    anyhow::bail!("say what to find: --stream, --event-id or --key")
+                }
+            };
+            let range = DumpRange {
+                limit: args.limit,
+                filter: Some(filter),
+                ..DumpRange::default()
             };
             dump::dump(
                 &fs,

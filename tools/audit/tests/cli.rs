@@ -1120,3 +1120,95 @@ fn repair_clean_log_is_a_no_op() {
     );
     assert_eq!(snapshot(&dir), before);
 }
+
+// -------------------------------------------------------------------------------------- find
+
+/// Proves `find` prints the events of a stream, the event with an id, and the events with an
+/// idempotency key (of every bot, or of one with `--bot`) as JSON Lines; nothing found is exit 1;
+/// records that do not decode are counted, not matched.
+#[test]
+fn find_by_stream_event_id_and_key() {
+    use hybridstore::events::{Event, MessageReceived};
+    use hybridstore::{BotId, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let id = uuid::Uuid::now_v7();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(StoreConfig::new(&data)).await.unwrap();
+        let message = |text: &str| {
+            Event::MessageReceived(MessageReceived {
+                telegram_message_id: Some(1),
+                text: text.into(),
+                content_type: "text".into(),
+                legacy_ts: None,
+            })
+        };
+        for (bot, chat, text) in [("a", 1, "one"), ("a", 2, "two"), ("b", 1, "three")] {
+            let bot = BotId::new(bot).unwrap();
+            // The same key under two bots (same chat and message ids), another for chat 2.
+            let mut event = NewEvent::new(message(text)).with_key(format!("tg:{chat}:1:in"));
+            if text == "two" {
+                event = event.with_id(id);
+            }
+            store
+                .append(
+                    &StreamId::conversation(&bot, chat),
+                    ExpectedVersion::Any,
+                    vec![event],
+                )
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+    });
+    let find = |args: &[&str]| {
+        let mut all = vec!["find", data.to_str().unwrap(), "--format", "json"];
+        all.extend_from_slice(args);
+        audit(all)
+    };
+    let texts = |output: &Output| -> Vec<String> {
+        json_lines(&stdout(output))
+            .iter()
+            .map(|l| {
+                l["data"]["event"]["event"]["data"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let by_stream = find(&["--stream", "conv-a-1"]);
+    assert_eq!(code(&by_stream), Some(0));
+    assert_eq!(texts(&by_stream), ["one"]);
+    let by_id = find(&["--event-id", &id.to_string()]);
+    assert_eq!(code(&by_id), Some(0));
+    assert_eq!(texts(&by_id), ["two"]);
+    let by_key = find(&["--key", "tg:1:1:in"]);
+    assert_eq!(texts(&by_key), ["one", "three"]);
+    let by_key_of_bot = find(&["--key", "tg:1:1:in", "--bot", "b"]);
+    assert_eq!(texts(&by_key_of_bot), ["three"]);
+    let none = find(&["--stream", "conv-a-9"]);
+    assert_eq!(code(&none), Some(1));
+    assert!(stdout(&none).is_empty());
+    let refused = audit(["find", data.to_str().unwrap()]);
+    assert_eq!(code(&refused), Some(2));
+
+    // The committed fixtures hold test payloads, not events: nothing can match, and find says so.
+    let (_fixture, dir) = copy(CLEAN);
+    let output = audit([
+        Path::new("find"),
+        &dir,
+        Path::new("--stream"),
+        Path::new("conv-a-1"),
+    ]);
+    assert_eq!(code(&output), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("do not decode as events"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
