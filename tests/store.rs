@@ -24,7 +24,7 @@ use hybridstore::{
     Store, StoreConfig, StoreError, StreamId, StreamKind, StreamVersion, Timestamp,
 };
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
-use hybridstore_wal::{Options, Position};
+use hybridstore_wal::{Durability, Options, Position};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -853,46 +853,59 @@ async fn hundreds_of_subscribers_each_see_every_event_once_in_order() {
     store.close().await.unwrap();
 }
 
-/// Proves closing the store ends every subscription the same way: a subscriber that was live
-/// and one that had fallen behind (its queue full) both get every event durable before the
-/// close, in order, and then the end.
+/// Proves closing the store ends every subscription the same way: a subscriber waiting for its
+/// next event during the close and one that had fallen behind (its queue full) both get every
+/// event durable before the close, in order, and then the end — in `always` and in `interval`
+/// durability (where the close itself makes the last appends durable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_ends_live_and_lagging_subscribers_alike() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_dir(dir.path()).await;
-    let mut live = store.subscribe(Position(0)).unwrap();
-    let mut lagging = store.subscribe(Position(0)).unwrap();
-    for n in 0..400 {
-        store
-            .append(&conv(n % 5), ExpectedVersion::Any, one(received("x")))
-            .await
-            .unwrap();
-        // One subscriber keeps up (now and then); the other never reads until the end.
-        if n % 50 == 0 {
-            while let Ok(Some(event)) =
-                tokio::time::timeout(Duration::from_millis(1), live.next()).await
+    for durability in [
+        Durability::Always,
+        Durability::Interval(Duration::from_secs(60)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.wal.durability = durability;
+        let store = Store::open(config).await.unwrap();
+        let mut live = store.subscribe(Position(0)).unwrap();
+        let mut lagging = store.subscribe(Position(0)).unwrap();
+        // The live one reads all along, so it waits for its next event when the store closes.
+        let reader = tokio::spawn(async move {
+            let mut positions = Vec::new();
+            while let Some(event) = tokio::time::timeout(Duration::from_secs(10), live.next())
+                .await
+                .expect("the live subscription did not end")
             {
-                event.unwrap();
+                positions.push(event.unwrap().position.0);
             }
+            positions
+        });
+        for n in 0..400 {
+            store
+                .append(&conv(n % 5), ExpectedVersion::Any, one(received("x")))
+                .await
+                .unwrap();
         }
-    }
-    let end = store.durable_end();
-    store.clone().close().await.unwrap();
-    for (name, subscription) in [("live", &mut live), ("lagging", &mut lagging)] {
+        store.clone().close().await.unwrap();
+        let end = store.durable_end().0;
+        assert_eq!(end, 400, "{durability:?}");
+        assert_eq!(
+            reader.await.unwrap(),
+            (0..end).collect::<Vec<_>>(),
+            "live, {durability:?}"
+        );
         let mut positions = Vec::new();
-        while let Some(event) = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(10), lagging.next())
             .await
-            .unwrap_or_else(|_| panic!("the {name} subscription did not end"))
+            .expect("the lagging subscription did not end")
         {
             positions.push(event.unwrap().position.0);
         }
-        if name == "lagging" {
-            assert_eq!(positions, (0..end.0).collect::<Vec<_>>(), "{name}");
-        } else {
-            // The live one read some already: what is left is the rest, in order, to the end.
-            let first = positions.first().copied().unwrap_or(end.0);
-            assert_eq!(positions, (first..end.0).collect::<Vec<_>>(), "{name}");
-        }
+        assert_eq!(
+            positions,
+            (0..end).collect::<Vec<_>>(),
+            "lagging, {durability:?}"
+        );
     }
 }
 

@@ -244,11 +244,14 @@ impl Store {
         if !self.inner.config.appends_by_caller {
             return Some(request);
         }
-        let always = self.inner.wal.options().durability == Durability::Always;
-        // An fdatasync blocks: only where the runtime can move this worker's other tasks away.
-        if always
-            && !tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        // A log append may block (an fdatasync in `always` mode, the interval syncer's lock in
+        // `interval` mode, a rotation's fsyncs in any mode): only on a multi-thread runtime,
+        // which can move this worker's other tasks away (`block_in_place`; in `never` mode the
+        // rare rotation runs on the worker as it is). Elsewhere the writer thread takes it.
+        // (A thread of a current-thread runtime that has entered a multi-thread runtime's
+        // handle would pass this check and make `block_in_place` panic: don't do that.)
+        if !tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         {
             return Some(request);
         }
@@ -257,10 +260,10 @@ impl Store {
         };
         let inner = &self.inner;
         let write = || writer::process(&inner.wal, &inner.indexes, vec![request]);
-        if always {
-            tokio::task::block_in_place(write);
-        } else {
+        if inner.wal.options().durability == Durability::Never {
             write();
+        } else {
+            tokio::task::block_in_place(write);
         }
         drop(role);
         None

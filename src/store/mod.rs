@@ -247,6 +247,8 @@ impl Inner {
         // Closing the log first wakes the projector and the fan-out from their wait for new
         // records, so the joins return at once rather than after their poll interval.
         let closed = self.wal.clone().close();
+        // Every record is durable now (the close synced them): subscriptions end there.
+        self.fanout.closed_at(self.wal.durable_end());
         self.join_followers();
         closed?;
         Ok(())
@@ -276,6 +278,7 @@ impl Drop for Inner {
         if let Err(error) = self.wal.clone().close() {
             tracing::warn!(%error, "closing the log on drop failed");
         }
+        self.fanout.closed_at(self.wal.durable_end());
         self.join_followers();
     }
 }

@@ -35,6 +35,10 @@ const BATCH_EVENTS_MAX: usize = 1024;
 /// How long a wait for new durable records lasts before looking at the shutdown flag.
 const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
 
+/// How often a subscriber that has read everything looks again while the store is closing and
+/// has not published its final end yet (a few milliseconds at most).
+const CLOSING_CHECK: Duration = Duration::from_millis(1);
+
 /// Consecutive events, shared by every subscriber they are handed to.
 type Events = Arc<[Arc<RecordedEvent>]>;
 type Item = Result<Events>;
@@ -72,6 +76,9 @@ pub(super) struct Fanout {
     state: Mutex<State>,
     wal: Wal,
     shutdown: Arc<AtomicBool>,
+    /// The log's durable end once the store has closed it: a subscription ends when it has
+    /// handed out everything below it.
+    final_end: Mutex<Option<Position>>,
 }
 
 impl Fanout {
@@ -84,7 +91,17 @@ impl Fanout {
             }),
             wal,
             shutdown,
+            final_end: Mutex::new(None),
         })
+    }
+
+    /// The store has closed the log, whose durable end is `end`.
+    pub(super) fn closed_at(&self, end: Position) {
+        *self.final_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+    }
+
+    fn final_end(&self) -> Option<Position> {
+        *self.final_end.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -295,7 +312,7 @@ impl Subscription {
             }
             // Read the flag before the queue: once lagging, the fan-out queues nothing more, so
             // an empty queue then means everything queued has been handed out.
-            let lagging = self.reader.is_some() || self.lagging.load(Ordering::Acquire);
+            let mut lagging = self.reader.is_some() || self.lagging.load(Ordering::Acquire);
             // What the fan-out queued comes first, in order.
             match self.receiver.try_recv() {
                 Ok(item) => {
@@ -304,28 +321,37 @@ impl Subscription {
                     }
                     continue;
                 }
-                // The fan-out ended (the store closed) and nothing is left to read here.
-                Err(mpsc::error::TryRecvError::Disconnected) if !lagging => return None,
-                Err(_) => {}
+                // The fan-out stopped (it marks every subscriber lagging first): the rest comes
+                // from the log, up to the store's final end or the log's own error.
+                Err(mpsc::error::TryRecvError::Disconnected) => lagging = true,
+                Err(mpsc::error::TryRecvError::Empty) => {}
             }
             if lagging {
                 match self.catch_up().await {
                     Ok(true) => continue,
-                    Ok(false) => {
-                        if self.fanout.shutdown.load(Ordering::Relaxed) {
-                            return None;
+                    Ok(false) => match self.fanout.final_end() {
+                        // The store closed and everything durable by then has been handed out.
+                        Some(end) if self.next >= end => return None,
+                        Some(_) => continue,
+                        // The store is closing: its final end is published in a moment.
+                        None if self.fanout.shutdown.load(Ordering::Relaxed) => {
+                            tokio::time::sleep(CLOSING_CHECK).await;
+                            continue;
                         }
-                        continue;
-                    }
+                        None => continue,
+                    },
                     Err(error) => {
                         self.ended = true;
                         return Some(Err(error));
                     }
                 }
             }
-            let item = self.receiver.recv().await?;
-            if let Some(error) = self.take(item) {
-                return Some(Err(error));
+            // `None`: the fan-out stopped while this subscriber waited; the next round catches
+            // up from the log.
+            if let Some(item) = self.receiver.recv().await {
+                if let Some(error) = self.take(item) {
+                    return Some(Err(error));
+                }
             }
         }
     }
@@ -355,13 +381,11 @@ impl Subscription {
             self.reader = None;
             return Ok(true);
         }
-        let shutdown = self.fanout.shutdown.clone();
-        let closed = move |error: StoreError| {
-            if shutdown.load(Ordering::Relaxed) {
-                Ok(false)
-            } else {
-                Err(error)
-            }
+        // A log closed under the reader is the normal end (the caller then looks at the store's
+        // final end); any other failure is the subscriber's to see.
+        let closed = |error: StoreError| match error {
+            StoreError::Log(hybridstore_wal::Error::Closed) => Ok(false),
+            other => Err(other),
         };
         let reader = match self.reader.take() {
             Some(reader) => reader,

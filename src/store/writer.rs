@@ -63,7 +63,13 @@ pub(super) fn append_loop(
         // Say a batch is waiting first, so that no appender starts writing its own append
         // ahead of it (see `WriterRole`).
         role.batch_waiting.store(true, Ordering::SeqCst);
-        let writing = role.lock();
+        let Some(writing) = role.lock() else {
+            // A writer panicked half-way: the indexes may not match the log. Stop writing;
+            // every append fails from now on (`Closed`), and a reopen rebuilds from the log.
+            tracing::error!("a writer panicked; the store refuses appends until it is reopened");
+            fail(batch, hybridstore_wal::Error::Closed);
+            return;
+        };
         role.batch_waiting.store(false, Ordering::SeqCst);
         process(wal, indexes, batch);
         drop(writing);
@@ -82,20 +88,17 @@ pub(super) struct WriterRole {
 }
 
 impl WriterRole {
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    /// The role; `None` if a holder panicked (the indexes may then disagree with the log).
+    fn lock(&self) -> Option<MutexGuard<'_, ()>> {
+        self.lock.lock().ok()
     }
 
-    /// The role, if nobody holds it and no batch waits for it.
+    /// The role, if nobody holds it, no batch waits for it, and no holder panicked.
     pub(super) fn try_take(&self) -> Option<MutexGuard<'_, ()>> {
         if self.batch_waiting.load(Ordering::SeqCst) {
             return None;
         }
-        match self.lock.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        self.lock.try_lock().ok()
     }
 }
 
