@@ -177,7 +177,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
                 &fs,
                 &log,
                 range,
-                args.common.format,
+                common.format,
                 out,
                 &mut io::stderr().lock(),
             )
@@ -203,7 +203,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
                 &fs,
                 &log,
                 range,
-                args.common.format,
+                common.format,
                 out,
                 &mut io::stderr().lock(),
             )
