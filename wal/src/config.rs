@@ -40,6 +40,20 @@ pub enum RecoveryMode {
     Strict,
 }
 
+/// Whether the next segment's file is written ahead of rotation (see `prepare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrepareSegments {
+    /// A background thread prepares the next segment once the active one is more than half
+    /// full; rotation uses it when it is ready and creates the segment itself otherwise.
+    #[default]
+    Background,
+    /// As `Background`, but the writer prepares at once, on its own thread, at the write that
+    /// passes half: deterministic, for tests that count or fail I/O calls. Slows that append.
+    Inline,
+    /// Never prepare: rotation always creates (and preallocates) the next segment.
+    Off,
+}
+
 /// Options for [`crate::Wal::open`].
 #[derive(Clone)]
 pub struct Options {
@@ -49,6 +63,9 @@ pub struct Options {
     pub durability: Durability,
     /// What to do with a torn tail at open.
     pub recovery: RecoveryMode,
+    /// Whether the next segment is prepared (zero-filled) ahead of rotation. A log that stays
+    /// below half a segment never prepares one.
+    pub prepare: PrepareSegments,
     /// The file system (the real one unless a test injects the simulated disk).
     pub fs: Arc<dyn FileSystem>,
 }
@@ -59,6 +76,7 @@ impl fmt::Debug for Options {
             .field("segment_size_bytes", &self.segment_size_bytes)
             .field("durability", &self.durability)
             .field("recovery", &self.recovery)
+            .field("prepare", &self.prepare)
             .field("fs", &self.fs)
             .finish()
     }
@@ -70,6 +88,7 @@ impl Default for Options {
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             durability: Durability::Always,
             recovery: RecoveryMode::TruncateTornTail,
+            prepare: PrepareSegments::Background,
             fs: StdFs::shared(),
         }
     }

@@ -6,6 +6,8 @@
 //!   prose twin, kept in step by a test.
 //! - [`segment`]: segment files (naming, preallocated creation) and their sparse indexes.
 //! - `writer`: leader/follower group commit, rotation, the interval syncer, poisoning.
+//! - [`prepare`]: the segment preparer, a thread that zero-fills the next segment's file under a
+//!   temporary name once the active segment is half full, for rotation to rename into place.
 //! - [`reader`]: forward iteration and tail-following over durable records.
 //! - [`recovery`]: the segment scanner shared by recovery at open, readers and the audit tool.
 //! - `wal`: the [`Wal`] handle — open (lock, log id, recovery), close (clean-shutdown marker),
@@ -38,6 +40,7 @@ pub mod format;
 pub mod identity;
 pub mod io;
 pub mod marker;
+pub mod prepare;
 pub mod reader;
 pub mod recovery;
 pub mod segment;
@@ -46,7 +49,7 @@ pub mod testing;
 mod wal;
 mod writer;
 
-pub use config::{Durability, Options, RecoveryMode};
+pub use config::{Durability, Options, PrepareSegments, RecoveryMode};
 pub use error::{CorruptionKind, Error, LogIdCorruption, PoisonCause, Result};
 pub use format::{Position, SegmentId};
 pub use identity::{LogId, ParseLogIdError};

@@ -7,7 +7,9 @@
 //!    changes. When it exists, fsync the directory: an earlier open may have renamed it into
 //!    place and failed before its own directory fsync, and no id may be returned that a power
 //!    loss could take.
-//! 3. List segments. Check the header of every sealed segment (magic, version, checksum, name);
+//! 3. Remove a leftover prepared next segment (`prepare::PREPARED_SEGMENT_FILE_NAME`: a crash
+//!    while preparing, or one prepared and never used) and fsync the directory; it was never a
+//!    segment, so nothing in it is kept. List segments. Check the header of every sealed segment (magic, version, checksum, name);
 //!    sealed segments' frames are checked when read, not at open, so opening is O(segments).
 //! 4. The last segment: if a valid clean-shutdown marker describes it, take its end and sparse
 //!    index from the marker; otherwise scan it (every frame checked) and classify its end
@@ -24,12 +26,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{Durability, Options, RecoveryMode};
+use crate::config::{Durability, Options, PrepareSegments, RecoveryMode};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{Position, SegmentHeader, SegmentId, SEGMENT_HEADER_LEN};
 use crate::identity::{create_log_id, read_log_id, LogId};
 use crate::io::{FileSystem, LockGuard, OpenMode};
 use crate::marker::{CleanShutdown, MARKER_FILE_NAME, MARKER_TMP_FILE_NAME};
+use crate::prepare::Preparer;
 use crate::reader::Reader;
 use crate::recovery::{scan_segment, ScanOutcome, SegmentRole};
 use crate::segment::{
@@ -70,6 +73,10 @@ pub(crate) struct Shared {
     pub published_cv: Condvar,
     pub listeners: Mutex<Vec<DurableListener>>,
     pub syncer: Mutex<Option<JoinHandle<()>>>,
+    /// The next segment's preparer: `None` for a read-only log or with [`PrepareSegments::Off`].
+    pub preparer: Option<Arc<Preparer>>,
+    /// The background preparer thread ([`PrepareSegments::Background`]), joined by `close`.
+    pub preparer_thread: Mutex<Option<JoinHandle<()>>>,
     pub lock: Mutex<Option<Box<dyn LockGuard>>>,
 }
 
@@ -172,6 +179,16 @@ impl Wal {
                 .spawn(move || syncer_loop(&weak, interval))
                 .map_err(|e| Error::io("spawn sync thread", &shared.dir, e))?;
             *lock(&shared.syncer) = Some(handle);
+        }
+        if let (Some(preparer), PrepareSegments::Background) =
+            (&shared.preparer, shared.options.prepare)
+        {
+            let preparer = preparer.clone();
+            let handle = std::thread::Builder::new()
+                .name("hybridstore-wal-prepare".into())
+                .spawn(move || preparer.run())
+                .map_err(|e| Error::io("spawn preparer thread", &shared.dir, e))?;
+            *lock(&shared.preparer_thread) = Some(handle);
         }
         Ok(Wal { shared })
     }
@@ -342,6 +359,14 @@ impl Shared {
             .expect("recovery leaves at least one segment");
         let mut queue = Queue::new(recovered.end_position);
         queue.closed = closed;
+        let preparer =
+            match options.prepare {
+                _ if closed => None,
+                PrepareSegments::Off => None,
+                PrepareSegments::Background | PrepareSegments::Inline => Some(Arc::new(
+                    Preparer::new(options.fs.clone(), dir.clone(), options.segment_size_bytes),
+                )),
+            };
         Shared {
             dir,
             log_id,
@@ -362,6 +387,8 @@ impl Shared {
             published_cv: Condvar::new(),
             listeners: Mutex::new(Vec::new()),
             syncer: Mutex::new(None),
+            preparer,
+            preparer_thread: Mutex::new(None),
             lock: Mutex::new(lock),
             options,
         }
@@ -424,6 +451,14 @@ impl Shared {
         }
         if let Some(handle) = lock(&self.syncer).take() {
             // The syncer holds only a weak reference and exits when it sees `closed`.
+            let _ = handle.join();
+        }
+        // Before the lock is released: no I/O of this log may outlive its close. An unused
+        // prepared file stays; the next open removes it.
+        if let Some(preparer) = &self.preparer {
+            preparer.stop();
+        }
+        if let Some(handle) = lock(&self.preparer_thread).take() {
             let _ = handle.join();
         }
         let result = self.write_clean_shutdown();
@@ -568,6 +603,7 @@ fn read_marker(fs: &dyn FileSystem, dir: &Path) -> Result<(bool, Option<CleanShu
 }
 
 fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recovered> {
+    remove_prepared_leftover(fs, dir)?;
     let ids = list_segments(fs, dir)?;
     let (marker_present, marker) = read_marker(fs, dir)?;
     let Some((&last_id, sealed_ids)) = ids.split_last() else {
@@ -793,4 +829,21 @@ fn remove_marker(fs: &dyn FileSystem, dir: &Path, present: bool) -> Result<()> {
         .map_err(|e| Error::io("remove marker", &path, e))?;
     fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Removes a prepared next segment left by an earlier writer (a crash while preparing it, or one
+/// prepared and never used) and fsyncs the directory, so that no preparation starts beside it
+/// and no power loss brings it back. It was never renamed to a segment name, so it holds no
+/// record; it is not verified or reused.
+fn remove_prepared_leftover(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let path = Preparer::path_in(dir);
+    match fs.remove_file(&path) {
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), "removed a leftover prepared segment");
+            fs.sync_dir(dir)
+                .map_err(|e| Error::io("fsync directory", dir, e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove prepared segment", &path, e)),
+    }
 }

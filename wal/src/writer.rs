@@ -21,13 +21,15 @@
 use std::sync::Arc;
 use std::thread::{self, Thread};
 
-use crate::config::Durability;
+use crate::config::{Durability, PrepareSegments};
 use crate::error::{Error, PoisonCause, Result};
 use crate::format::{
-    align_up, encode_record_into, record_encoded_len, seal_frame, FrameHeader, Position, SegmentId,
-    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    align_up, encode_record_into, record_encoded_len, seal_frame, FrameHeader, Position,
+    SegmentHeader, SegmentId, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::segment::{create_segment, Segment};
+use crate::io::WalFile;
+use crate::prepare::Preparer;
+use crate::segment::{create_segment, segment_path, Segment, SparseIndex};
 use crate::wal::{lock, AppendResult, Shared, Wal};
 
 /// Rounds a leader writes before handing over to a follower: enough to keep the disk busy under
@@ -337,6 +339,12 @@ impl Shared {
             // The syncer thread syncs and publishes.
             Durability::Interval(_) => {}
         }
+        if let Some(preparer) = &self.preparer {
+            preparer.note_written(
+                io.write_offset,
+                self.options.prepare == PrepareSegments::Inline,
+            );
+        }
         Ok(io.written_end)
     }
 
@@ -370,8 +378,10 @@ impl Shared {
     /// Seals the active segment and starts the next one:
     /// 1. `fdatasync` the active segment (its frames become durable);
     /// 2. truncate it to its last frame and `fsync` it (sealed segments have no slack);
-    /// 3. create the next segment: preallocate, write its header, `fsync` it, `fsync` the
-    ///    directory;
+    /// 3. when the preparer has the next segment's file ready (zero-filled, durable under
+    ///    `next.wal.prepared`): write the header into it, `fdatasync` it, rename it to the
+    ///    segment's name, `fsync` the directory; otherwise create the next segment: preallocate,
+    ///    write its header, `fsync` it, `fsync` the directory;
     /// 4. publish the new segment list with the sealed segment's records durable.
     fn rotate(&self, io: &mut ActiveIo) -> Result<(), PoisonCause> {
         self.sync_active(io)?;
@@ -383,21 +393,63 @@ impl Shared {
             .sync_all()
             .map_err(|e| poison("fsync sealed segment", &e))?;
         let id = SegmentId(io.written_end);
-        let segment = create_segment(&*self.fs, &self.dir, id, self.options.segment_size_bytes)
-            .map_err(|e| match e {
-                Error::Io { op, source, .. } => poison(op, &source),
-                other => PoisonCause {
-                    op: "create segment",
-                    kind: std::io::ErrorKind::Other,
-                    message: other.to_string(),
-                },
-            })?;
+        let prepared = self.preparer.as_ref().and_then(|p| p.take_ready());
+        let segment = match prepared {
+            Some(file) => self.rename_prepared(file, id)?,
+            None => self.create_next_segment(id)?,
+        };
         tracing::debug!(sealed = %old.id, next = %id, "rotated segment");
         let mut segments = lock(&self.published).segments.to_vec();
         segments.push(segment.clone());
         *io = ActiveIo::new(segment, SEGMENT_HEADER_LEN as u64, io.written_end);
         self.publish_durable(io.written_end, io.write_offset, Some(segments.into()));
         Ok(())
+    }
+
+    /// Rotation's step 3 with a prepared file (zeros over the whole segment size, durable):
+    /// header, `fdatasync`, rename, directory `fsync`. Once renamed, the file is byte for byte
+    /// what `create_segment` makes (header, then zeros to the segment size).
+    fn rename_prepared(
+        &self,
+        file: Arc<dyn WalFile>,
+        id: SegmentId,
+    ) -> Result<Arc<Segment>, PoisonCause> {
+        let header = SegmentHeader {
+            first_position: id.first_position(),
+        }
+        .encode();
+        file.write_all_at(&header, 0)
+            .map_err(|e| poison("write segment header", &e))?;
+        file.sync_data()
+            .map_err(|e| poison("fdatasync prepared segment", &e))?;
+        let path = segment_path(&self.dir, id);
+        self.fs
+            .rename(&Preparer::path_in(&self.dir), &path)
+            .map_err(|e| poison("rename prepared segment", &e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| poison("fsync directory", &e))?;
+        tracing::debug!(segment = %id, "rotated into the prepared segment");
+        Ok(Arc::new(Segment::new(
+            id,
+            path,
+            file,
+            SparseIndex::new(id.first_position()),
+        )))
+    }
+
+    /// Rotation's step 3 without a prepared file: `create_segment`, as before preparation.
+    fn create_next_segment(&self, id: SegmentId) -> Result<Arc<Segment>, PoisonCause> {
+        create_segment(&*self.fs, &self.dir, id, self.options.segment_size_bytes).map_err(|e| {
+            match e {
+                Error::Io { op, source, .. } => poison(op, &source),
+                other => PoisonCause {
+                    op: "create segment",
+                    kind: std::io::ErrorKind::Other,
+                    message: other.to_string(),
+                },
+            }
+        })
     }
 
     /// Interval mode: syncs what was written since the last sync and publishes it.

@@ -13,8 +13,9 @@ use std::path::Path;
 use hybridstore_wal::identity::LOG_ID_FILE_NAME;
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
 use hybridstore_wal::io::FileSystem;
+use hybridstore_wal::prepare::PREPARED_SEGMENT_FILE_NAME;
 use hybridstore_wal::testing::{batch_records, check_batches};
-use hybridstore_wal::{Error, LogId, Options, Position, Wal};
+use hybridstore_wal::{Error, LogId, Options, Position, PrepareSegments, Wal};
 
 const DIR: &str = "/log";
 const FILLER_MAX: usize = 60;
@@ -23,9 +24,17 @@ const FILLER_MAX: usize = 60;
 type Batch = (u64, u32);
 
 fn options(fs: &SimFs) -> Options {
+    options_with(fs, PrepareSegments::Off)
+}
+
+/// The scenario's options with segment preparation `prepare`: `Off` (rotation creates every
+/// segment) or `Inline` (prepared rotations, the preparer's calls among those counted and
+/// failed). Never `Background`: the calls must happen in the same order in every run.
+fn options_with(fs: &SimFs, prepare: PrepareSegments) -> Options {
     Options {
         segment_size_bytes: 512,
         fs: fs.shared(),
+        prepare,
         ..Options::default()
     }
 }
@@ -91,7 +100,7 @@ struct Outcome {
 }
 
 /// The scenario under test. Stops at the first error, as a process would crash.
-fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> Outcome {
+fn scenario(fs: &SimFs, mut acked: Vec<Batch>, prepare: PrepareSegments) -> Outcome {
     let mut next_id = 100u64;
     let mut append = |wal: &Wal, acked: &mut Vec<Batch>| -> Result<(), Batch> {
         let id = next_id;
@@ -114,7 +123,7 @@ fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> Outcome {
         );
         log_id = Some(id);
     };
-    let Ok(wal) = Wal::open(DIR, options(fs)) else {
+    let Ok(wal) = Wal::open(DIR, options_with(fs, prepare)) else {
         return Outcome {
             acked,
             doubt: None,
@@ -138,7 +147,7 @@ fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> Outcome {
             log_id,
         };
     }
-    let Ok(wal) = Wal::open(DIR, options(fs)) else {
+    let Ok(wal) = Wal::open(DIR, options_with(fs, prepare)) else {
         return Outcome {
             acked,
             doubt: None,
@@ -163,7 +172,7 @@ fn scenario(fs: &SimFs, mut acked: Vec<Batch>) -> Outcome {
     }
 }
 
-fn check_after_crash(fs: &SimFs, outcome: &Outcome, label: &str) {
+fn check_after_crash(fs: &SimFs, outcome: &Outcome, label: &str, prepare: PrepareSegments) {
     let Outcome {
         acked,
         doubt,
@@ -171,8 +180,14 @@ fn check_after_crash(fs: &SimFs, outcome: &Outcome, label: &str) {
     } = outcome;
     fs.power_loss(Tear::Sectors);
     fs.clear_faults();
-    let wal = Wal::open(DIR, options(fs))
+    let wal = Wal::open(DIR, options_with(fs, prepare))
         .unwrap_or_else(|e| panic!("{label}: the log does not reopen: {e}"));
+    assert!(
+        !fs.list_files()
+            .iter()
+            .any(|p| p.ends_with(PREPARED_SEGMENT_FILE_NAME)),
+        "{label}: the open left a prepared segment behind"
+    );
     let found = batches_in(&wal);
     let with_doubt: Vec<Batch> = acked.iter().copied().chain(*doubt).collect();
     assert!(
@@ -195,14 +210,26 @@ fn check_after_crash(fs: &SimFs, outcome: &Outcome, label: &str) {
 #[test]
 fn every_call_site_failed_once_and_persistently() {
     for log_id in [LogIdAtStart::Present, LogIdAtStart::Missing] {
-        fail_every_call(log_id);
+        fail_every_call(log_id, PrepareSegments::Off);
     }
 }
 
-fn fail_every_call(log_id: LogIdAtStart) {
+/// Proves the same with segment preparation inline: every call of the preparer (create, zeros,
+/// fdatasync, directory fsync, and the removal after a failure) and of the prepared rotation
+/// (header, fdatasync, rename, directory fsync), failed once or persistently and followed by a
+/// power loss (a persistent failure at call N is a power loss just before it), loses no
+/// acknowledged append, and the reopen removes any prepared file left.
+#[test]
+fn every_call_site_failed_once_and_persistently_with_prepared_segments() {
+    for log_id in [LogIdAtStart::Present, LogIdAtStart::Missing] {
+        fail_every_call(log_id, PrepareSegments::Inline);
+    }
+}
+
+fn fail_every_call(log_id: LogIdAtStart, prepare: PrepareSegments) {
     let (fs, acked) = disk_with_torn_tail(log_id);
     let start = fs.op_count();
-    let clean = scenario(&fs, acked.clone());
+    let clean = scenario(&fs, acked.clone(), prepare);
     assert_eq!(clean.doubt, None, "the scenario runs clean without faults");
     assert!(clean.acked.len() > acked.len() + 10);
     assert!(clean.log_id.is_some());
@@ -230,7 +257,7 @@ fn fail_every_call(log_id: LogIdAtStart) {
         );
     }
     eprintln!(
-        "log id {log_id:?}: scenario makes {} I/O calls of {} kinds",
+        "log id {log_id:?}, {prepare:?}: scenario makes {} I/O calls of {} kinds",
         calls.len(),
         kinds.len()
     );
@@ -240,15 +267,16 @@ fn fail_every_call(log_id: LogIdAtStart) {
             let (fs, acked) = disk_with_torn_tail(log_id);
             let at = fs.op_count() + offset;
             fs.fail(FaultAt::Op(at), mode, ErrorKind::Other);
-            let outcome = scenario(&fs, acked);
+            let outcome = scenario(&fs, acked, prepare);
             failed_kinds.insert(calls[offset as usize]);
             check_after_crash(
                 &fs,
                 &outcome,
                 &format!(
-                    "log id {log_id:?}: call {offset} ({}) failing {mode:?}",
+                    "log id {log_id:?}, {prepare:?}: call {offset} ({}) failing {mode:?}",
                     calls[offset as usize]
                 ),
+                prepare,
             );
         }
     }

@@ -1,5 +1,5 @@
 //! Keeps `wal/FORMAT.md` and the format code in step: the document's `constants` block must list
-//! every `pub const` of `format.rs` and `identity.rs` with the value the code has, and the marker
+//! every `pub const` of `format.rs`, `identity.rs` and `prepare.rs` with the value the code has, and the marker
 //! and index constants it documents.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use hybridstore_wal::identity::{
     LOG_ID_VERSION_OFFSET,
 };
 use hybridstore_wal::marker::{MARKER_FIXED_LEN, MARKER_MAGIC, MARKER_VERSION};
+use hybridstore_wal::prepare::PREPARED_SEGMENT_FILE_NAME;
 use hybridstore_wal::segment::INDEX_INTERVAL_BYTES;
 
 fn documented() -> BTreeMap<String, String> {
@@ -88,6 +89,10 @@ fn in_code() -> BTreeMap<String, String> {
         ("MARKER_FIXED_LEN", MARKER_FIXED_LEN.to_string()),
         ("INDEX_INTERVAL_BYTES", INDEX_INTERVAL_BYTES.to_string()),
         ("LOG_ID_FILE_NAME", LOG_ID_FILE_NAME.to_string()),
+        (
+            "PREPARED_SEGMENT_FILE_NAME",
+            PREPARED_SEGMENT_FILE_NAME.to_string(),
+        ),
         ("LOG_ID_TMP_FILE_NAME", LOG_ID_TMP_FILE_NAME.to_string()),
         ("LOG_ID_MAGIC", text(&LOG_ID_MAGIC)),
         ("LOG_ID_VERSION", LOG_ID_VERSION.to_string()),
@@ -120,6 +125,7 @@ fn every_format_constant_is_listed() {
     for (file, source) in [
         ("format.rs", include_str!("../src/format.rs")),
         ("identity.rs", include_str!("../src/identity.rs")),
+        ("prepare.rs", include_str!("../src/prepare.rs")),
     ] {
         check_listed(file, source, &listed);
     }

@@ -9,7 +9,7 @@ use hybridstore_wal::identity::{LogIdFile, LOG_ID_FILE_NAME, LOG_ID_LEN, LOG_ID_
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
 use hybridstore_wal::io::FileSystem;
 use hybridstore_wal::marker::MARKER_FILE_NAME;
-use hybridstore_wal::{Error, LogId, LogIdCorruption, Options, Position, Wal};
+use hybridstore_wal::{Error, LogId, LogIdCorruption, Options, Position, PrepareSegments, Wal};
 
 /// The segment size the committed fixtures were written with.
 const FIXTURE_SEGMENT_SIZE_BYTES: u64 = 1024;
@@ -262,6 +262,9 @@ fn sim_options(fs: &SimFs) -> Options {
     Options {
         segment_size_bytes: 512,
         fs: fs.shared(),
+        // Deterministic: these tests count and fail I/O calls. Preparation is tested in
+        // `prepare.rs` and `faults.rs`.
+        prepare: PrepareSegments::Off,
         ..Options::default()
     }
 }

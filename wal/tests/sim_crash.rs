@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
 use hybridstore_wal::testing::{batch_records, check_batches, FoundBatch};
-use hybridstore_wal::{Durability, LogId, Options, Position, Wal};
+use hybridstore_wal::{Durability, LogId, Options, Position, PrepareSegments, Wal};
 use proptest::prelude::*;
 
 const DIR: &str = "/log";
@@ -66,6 +66,9 @@ fn options(fs: &SimFs, durability: Durability) -> Options {
         segment_size_bytes: 512,
         durability,
         fs: fs.shared(),
+        // Inline preparation keeps the runs deterministic (crashes are placed by call count)
+        // and puts prepared rotations, and power losses while preparing, into every run.
+        prepare: PrepareSegments::Inline,
         ..Options::default()
     }
 }
