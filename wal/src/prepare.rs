@@ -22,6 +22,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use crate::io::{FileSystem, OpenMode, WalFile};
 
@@ -62,6 +63,9 @@ pub(crate) struct Preparer {
     segment_size_bytes: u64,
     state: Mutex<PrepareState>,
     cv: Condvar,
+    /// The background thread, started at the first request (a log that never passes half a
+    /// segment never has one) and joined by [`Preparer::stop_and_join`].
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Preparer {
@@ -75,6 +79,7 @@ impl Preparer {
                 stop: false,
             }),
             cv: Condvar::new(),
+            thread: Mutex::new(None),
         }
     }
 
@@ -90,7 +95,7 @@ impl Preparer {
     /// Called by the writer (holding the active segment's I/O lock) after each write: once the
     /// active segment is past half its size and nothing is prepared or under way, asks for the
     /// next segment. `inline` prepares at once on the calling thread (tests: deterministic).
-    pub fn note_written(&self, write_offset: u64, inline: bool) {
+    pub fn note_written(self: &Arc<Self>, write_offset: u64, inline: bool) {
         if write_offset <= self.segment_size_bytes / 2 {
             return;
         }
@@ -106,8 +111,40 @@ impl Preparer {
         } else {
             state.phase = Phase::Requested;
             drop(state);
-            self.cv.notify_all();
+            if self.ensure_thread() {
+                self.cv.notify_all();
+            } else {
+                self.finish_failed(&io::Error::other("cannot start the preparer thread"));
+            }
         }
+    }
+
+    /// Starts the background thread unless it runs; false when it cannot be started.
+    fn ensure_thread(self: &Arc<Self>) -> bool {
+        let mut thread = crate::wal::lock(&self.thread);
+        if thread.is_some() {
+            return true;
+        }
+        let preparer = self.clone();
+        match std::thread::Builder::new()
+            .name("hybridstore-wal-prepare".into())
+            .spawn(move || preparer.run())
+        {
+            Ok(handle) => {
+                *thread = Some(handle);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, dir = %self.dir.display(), "cannot start the segment preparer thread");
+                false
+            }
+        }
+    }
+
+    fn finish_failed(&self, error: &io::Error) {
+        let mut state = self.state();
+        tracing::warn!(%error, dir = %self.dir.display(), "preparing the next segment failed; the next rotation creates it instead");
+        state.phase = Phase::Failed;
     }
 
     /// Called by rotation: the prepared file when one is ready (it is the caller's from now on),
@@ -126,10 +163,15 @@ impl Preparer {
         }
     }
 
-    /// Stops the background thread (it exits between chunks); the caller then joins it.
-    pub fn stop(&self) {
+    /// Stops the background thread (it exits between chunks) and waits for it: no I/O of the
+    /// preparer outlives the log's close.
+    pub fn stop_and_join(&self) {
         self.state().stop = true;
         self.cv.notify_all();
+        let handle = crate::wal::lock(&self.thread).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// The background thread's loop: waits for a request, prepares, reports, until stopped.

@@ -73,10 +73,9 @@ pub(crate) struct Shared {
     pub published_cv: Condvar,
     pub listeners: Mutex<Vec<DurableListener>>,
     pub syncer: Mutex<Option<JoinHandle<()>>>,
-    /// The next segment's preparer: `None` for a read-only log or with [`PrepareSegments::Off`].
+    /// The next segment's preparer (which owns its background thread): `None` for a read-only
+    /// log or with [`PrepareSegments::Off`].
     pub preparer: Option<Arc<Preparer>>,
-    /// The background preparer thread ([`PrepareSegments::Background`]), joined by `close`.
-    pub preparer_thread: Mutex<Option<JoinHandle<()>>>,
     pub lock: Mutex<Option<Box<dyn LockGuard>>>,
 }
 
@@ -179,16 +178,6 @@ impl Wal {
                 .spawn(move || syncer_loop(&weak, interval))
                 .map_err(|e| Error::io("spawn sync thread", &shared.dir, e))?;
             *lock(&shared.syncer) = Some(handle);
-        }
-        if let (Some(preparer), PrepareSegments::Background) =
-            (&shared.preparer, shared.options.prepare)
-        {
-            let preparer = preparer.clone();
-            let handle = std::thread::Builder::new()
-                .name("hybridstore-wal-prepare".into())
-                .spawn(move || preparer.run())
-                .map_err(|e| Error::io("spawn preparer thread", &shared.dir, e))?;
-            *lock(&shared.preparer_thread) = Some(handle);
         }
         Ok(Wal { shared })
     }
@@ -388,7 +377,6 @@ impl Shared {
             listeners: Mutex::new(Vec::new()),
             syncer: Mutex::new(None),
             preparer,
-            preparer_thread: Mutex::new(None),
             lock: Mutex::new(lock),
             options,
         }
@@ -456,10 +444,7 @@ impl Shared {
         // Before the lock is released: no I/O of this log may outlive its close. An unused
         // prepared file stays; the next open removes it.
         if let Some(preparer) = &self.preparer {
-            preparer.stop();
-        }
-        if let Some(handle) = lock(&self.preparer_thread).take() {
-            let _ = handle.join();
+            preparer.stop_and_join();
         }
         let result = self.write_clean_shutdown();
         lock(&self.lock).take();
