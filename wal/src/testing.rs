@@ -133,3 +133,16 @@ pub fn check_batches(records: &[Record], filler_max: usize) -> Result<Vec<FoundB
     }
     Ok(batches)
 }
+
+/// Every batch in `wal`, read from the start and checked with [`check_batches`].
+///
+/// # Panics
+/// When a read returns corruption or the log breaks the batch model: what a crash test asserts.
+pub fn batches_of(wal: &crate::Wal, filler_max: usize) -> Vec<FoundBatch> {
+    let records: Vec<Record> = wal
+        .reader(Position(0))
+        .expect("a reader from the start")
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("corruption returned by a read: {e}"));
+    check_batches(&records, filler_max).unwrap_or_else(|e| panic!("log breaks the model: {e}"))
+}

@@ -14,8 +14,8 @@ use hybridstore_wal::identity::LOG_ID_FILE_NAME;
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
 use hybridstore_wal::io::FileSystem;
 use hybridstore_wal::prepare::PREPARED_SEGMENT_FILE_NAME;
-use hybridstore_wal::testing::{batch_records, check_batches};
-use hybridstore_wal::{Error, LogId, Options, Position, PrepareSegments, Wal};
+use hybridstore_wal::testing::{batch_records, batches_of};
+use hybridstore_wal::{Error, LogId, Options, PrepareSegments, Wal};
 
 const DIR: &str = "/log";
 const FILLER_MAX: usize = 60;
@@ -40,13 +40,7 @@ fn options_with(fs: &SimFs, prepare: PrepareSegments) -> Options {
 }
 
 fn batches_in(wal: &Wal) -> Vec<Batch> {
-    let records: Vec<_> = wal
-        .reader(Position(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("corruption returned by a read: {e}"));
-    check_batches(&records, FILLER_MAX)
-        .unwrap_or_else(|e| panic!("log breaks the model: {e}"))
+    batches_of(wal, FILLER_MAX)
         .iter()
         .map(|b| (b.batch_id, b.len))
         .collect()

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use hybridstore_wal::format::SEGMENT_HEADER_LEN;
 use hybridstore_wal::io::sim::{FaultAt, FaultMode, SimFs, Tear};
 use hybridstore_wal::prepare::PREPARED_SEGMENT_FILE_NAME;
-use hybridstore_wal::testing::{batch_records, check_batches};
+use hybridstore_wal::testing::{batch_records, batches_of};
 use hybridstore_wal::{Options, Position, PrepareSegments, Wal};
 
 const SIM_DIR: &str = "/log";
@@ -40,13 +40,7 @@ fn sim_has_prepared(fs: &SimFs) -> bool {
 /// Every batch id in the log, checked against the batch model (no partial batch, nothing
 /// corrupt).
 fn batch_ids(wal: &Wal) -> Vec<u64> {
-    let records: Vec<_> = wal
-        .reader(Position(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("corruption returned by a read: {e}"));
-    check_batches(&records, FILLER_MAX)
-        .unwrap_or_else(|e| panic!("log breaks the model: {e}"))
+    batches_of(wal, FILLER_MAX)
         .iter()
         .map(|b| b.batch_id)
         .collect()
