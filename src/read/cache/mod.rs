@@ -289,7 +289,9 @@ impl Cache {
         let stats = Arc::new(Stats::default());
         let (shutdown, shutdown_rx) = watch::channel(());
         if let (Some(memory), Some(redis)) = (&memory, &redis) {
-            redis.subscribe(memory.clone(), stats.clone(), shutdown_rx);
+            redis
+                .subscribe(memory.clone(), stats.clone(), shutdown_rx)
+                .await;
         }
         Ok(Cache {
             inner: Arc::new(Inner {

@@ -25,7 +25,7 @@ use hybridstore_wal::Position;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError, Script};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::breaker::{Breaker, Permit};
@@ -485,15 +485,19 @@ impl RedisTier {
     }
 
     /// Starts the subscriber that applies published invalidations to `memory`; it ends when
-    /// `shutdown`'s sender is dropped.
-    pub(super) fn subscribe(
+    /// `shutdown`'s sender is dropped. Returns once the first subscription flushed tier 1, or
+    /// failed, or the connection timeout passed: a cache used before its first flush would
+    /// lose what it cached meanwhile.
+    pub(super) async fn subscribe(
         self: &Arc<RedisTier>,
         memory: Arc<Memory>,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<()>,
     ) {
         let tier = self.clone();
-        tokio::spawn(async move { tier.subscriber(memory, stats, shutdown).await });
+        let (ready, first) = oneshot::channel();
+        tokio::spawn(async move { tier.subscriber(memory, stats, shutdown, ready).await });
+        let _ = tokio::time::timeout(connect_timeout(self.timeout), first).await;
     }
 
     /// The subscriber's loop.
@@ -511,13 +515,18 @@ impl RedisTier {
         memory: Arc<Memory>,
         stats: Arc<Stats>,
         mut shutdown: watch::Receiver<()>,
+        ready: oneshot::Sender<()>,
     ) {
         let mut backoff = Duration::from_millis(20);
+        let mut ready = Some(ready);
         loop {
             let session = tokio::select! {
-                result = self.session(&memory, &stats) => result,
+                result = self.session(&memory, &stats, &mut ready) => result,
                 _ = shutdown.changed() => return,
             };
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
             stats.set_subscribed(false);
             match session {
                 Ok(()) => backoff = Duration::from_millis(20),
@@ -535,7 +544,12 @@ impl RedisTier {
     }
 
     /// One subscription, until its connection ends. `Ok` if it got as far as subscribing.
-    async fn session(&self, memory: &Memory, stats: &Stats) -> Result<(), CacheError> {
+    async fn session(
+        &self,
+        memory: &Memory,
+        stats: &Stats,
+        ready: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(), CacheError> {
         let limit = connect_timeout(self.timeout);
         let failed = |operation: &'static str| {
             let target = self.target.clone();
@@ -581,6 +595,9 @@ impl RedisTier {
             .unwrap_or(Position(0));
         memory.flush(floor_max);
         stats.subscribed(last);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let Some((seq, floor_max, notice)) = parse_message(message.get_payload_bytes()) else {
