@@ -16,7 +16,7 @@
 //!    [`crate::read::reached`]`(position, min_position)`.
 //!
 //! Tier 1 adds a watermark for the floors it forgets (evictions, flushes; see
-//! [`memory`](self)'s docs), and tier 2 a namespace-wide floor that an invalidator raises when
+//! the `memory` module's docs), and tier 2 a namespace-wide floor that an invalidator raises when
 //! it starts without knowing what it missed.
 //!
 //! # Across processes
