@@ -13,7 +13,9 @@
 //! # Layout
 //! - [`log`]: [`LogSource`], the log projection in memory (the embedded default).
 //! - [`postgres`]: [`PgSource`], point reads from the Postgres read models.
+//! - [`cache`]: [`cache::Cache`], the two cache tiers (memory, Redis) in front of Postgres.
 
+pub mod cache;
 pub mod log;
 pub mod postgres;
 

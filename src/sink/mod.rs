@@ -17,7 +17,10 @@
 //! - [`runner`]: the loop every sink runs in, and its [`runner::SinkHandle`].
 //! - [`postgres`]: the Postgres read models (configuration, tables, the mapping of what Postgres
 //!   cannot hold, verification) and [`postgres::PgSink`].
+//! - [`cache`]: [`cache::CacheSink`], which invalidates the cache tiers
+//!   ([`crate::read::cache`]) behind the Postgres sink.
 
+pub mod cache;
 pub mod postgres;
 pub mod runner;
 
