@@ -1,7 +1,7 @@
 //! Shared test support (feature `testing`): a generator of valid events of every type, a
 //! random workload over several bots, users and chats, a Postgres database per test, a TCP proxy
-//! that can cut connections, a fake server that refuses every password, and table dumps for
-//! comparing databases. Used by the integration tests, the replay tool's tests and the benches.
+//! that can cut connections, a fake server that refuses every password, table dumps for
+//! comparing databases, and a Redis key namespace per test. Used by the integration tests, the replay tool's tests and the benches.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use crate::events::{
     UserErased, UserIdentityUpdated, UserRegistered, UserSettingsChanged, UserUnblocked,
 };
 use crate::ids::{BotId, Component, MigrationState, StreamId, StreamKind, Timestamp};
+use crate::read::cache::{CacheConfig, RedisConfig};
 use crate::sink::postgres::model::component_tables;
 use crate::sink::postgres::PgConfig;
 use crate::store::{ExpectedVersion, NewEvent, Store};
@@ -575,4 +576,95 @@ async fn refuse_password(client: &mut TcpStream) -> std::io::Result<()> {
     message.extend_from_slice(&fields);
     client.write_all(&message).await?;
     client.shutdown().await
+}
+
+/// The Redis tests use: `REDIS_URL` (which `tools/test.sh` sets from `tools/services.sh`), else
+/// the local default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The address of that Redis (for a [`TcpProxy`] in front of it).
+///
+/// # Panics
+/// If the URL does not parse or name a TCP address.
+pub async fn redis_addr() -> SocketAddr {
+    use redis::IntoConnectionInfo as _;
+    let info = redis_url()
+        .into_connection_info()
+        .expect("REDIS_URL parses");
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+        panic!("the tests need Redis over plain TCP");
+    };
+    let mut found = tokio::net::lookup_host(format!("{host}:{port}"))
+        .await
+        .expect("resolve Redis");
+    found.next().expect("an address")
+}
+
+/// A Redis key namespace for one test; its keys are deleted when it is dropped.
+#[derive(Debug)]
+pub struct RedisNamespace {
+    /// The prefix of its keys.
+    pub name: String,
+}
+
+impl RedisNamespace {
+    /// A fresh namespace.
+    #[expect(
+        clippy::new_without_default,
+        reason = "each call is a new namespace, not a default value"
+    )]
+    pub fn new() -> RedisNamespace {
+        RedisNamespace {
+            name: format!("hs-test-{}", uuid::Uuid::now_v7()),
+        }
+    }
+
+    /// A configuration on this namespace: `redis` through `url` (or none), tier 1 on or off.
+    ///
+    /// # Panics
+    /// If `url` is not a Redis URL.
+    pub fn config(&self, url: Option<&str>, memory: bool) -> CacheConfig {
+        CacheConfig {
+            memory_bytes: if memory { 16 * 1024 * 1024 } else { 0 },
+            namespace: self.name.clone(),
+            redis: url.map(|u| RedisConfig::from_url(u).expect("a valid URL")),
+            ..CacheConfig::default()
+        }
+    }
+
+    /// A connection of the test's own to that Redis.
+    ///
+    /// # Panics
+    /// If Redis cannot be reached.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the tests need Redis at REDIS_URL (run tools/test.sh, which starts it)")
+    }
+}
+
+impl Drop for RedisNamespace {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.name);
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
 }

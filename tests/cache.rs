@@ -5,7 +5,6 @@
 //! configuration variables.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,88 +12,18 @@ use std::time::{Duration, Instant};
 use hybridstore::ids::{BotId, StreamId, StreamKind};
 use hybridstore::projection::{ConversationHead, DailyCounters, ProfileDocument};
 use hybridstore::read::cache::{
-    BreakerConfig, BreakerState, Cache, CacheConfig, CacheKey, CachedValue, RedisConfig, Stored,
-    Tier,
+    BreakerConfig, BreakerState, Cache, CacheKey, CachedValue, RedisConfig, Stored, Tier,
 };
 use hybridstore::sink::cache::{CacheSink, CacheSinkConfig};
 use hybridstore::sink::postgres::{PgSink, ProjectorConfig};
 use hybridstore::sink::RunnerConfig;
-use hybridstore::testing::{build_event, EventSpec, TcpProxy, TestDb};
+use hybridstore::testing::{
+    build_event, redis_addr, redis_url, EventSpec, RedisNamespace as Namespace, TcpProxy, TestDb,
+};
 use hybridstore::{ExpectedVersion, NewEvent, Store, StoreConfig};
 use hybridstore_wal::Position;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use redis::IntoConnectionInfo as _;
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())
-}
-
-async fn redis_addr() -> SocketAddr {
-    let info = redis_url()
-        .into_connection_info()
-        .expect("REDIS_URL parses");
-    let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
-        panic!("the tests need Redis over plain TCP");
-    };
-    let mut found = tokio::net::lookup_host(format!("{host}:{port}"))
-        .await
-        .expect("resolve Redis");
-    found.next().expect("an address")
-}
-
-/// A Redis key namespace for one test; its keys are deleted when it is dropped.
-struct Namespace {
-    name: String,
-}
-
-impl Namespace {
-    fn new() -> Namespace {
-        Namespace {
-            name: format!("hs-test-{}", uuid::Uuid::now_v7()),
-        }
-    }
-
-    /// A configuration on this namespace: `redis` through `url` (or none), tier 1 on or off.
-    fn config(&self, url: Option<&str>, memory: bool) -> CacheConfig {
-        CacheConfig {
-            memory_bytes: if memory { 16 * 1024 * 1024 } else { 0 },
-            namespace: self.name.clone(),
-            redis: url.map(|u| RedisConfig::from_url(u).expect("a valid URL")),
-            ..CacheConfig::default()
-        }
-    }
-
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(redis_url())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("the tests need Redis at REDIS_URL (run tools/test.sh, which starts it)")
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.name);
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-        }
-    }
-}
 
 /// Waits (bounded) until `condition` holds, re-checking after short pauses. The pauses only
 /// pace the polling; what a test asserts is the condition, not the time it took.
