@@ -12,6 +12,11 @@
 //!   the Postgres read models ([`sink::postgres`]).
 //! - [`read`]: the typed reads of the bot's hot path ([`read::ReadSource`]) and their sources:
 //!   the log projection and Postgres.
+//! - [`migration`]: the migration states' transition rule and the supervisor that runs what the
+//!   states ask for (the Postgres projector, health checks, automatic rollback).
+//! - [`hybrid`]: the [`hybrid::Hybrid`] handle — the store plus, with a database, the supervisor,
+//!   the cache and the router that picks each read's source by state; also the reader without a
+//!   data directory.
 //! - [`legacy`]: import of the old bot's JSON files, and export back to them.
 //! - [`error`]: input and store errors; [`error::one_line`] for the binaries.
 //! - `testing` (feature `testing`): shared test support — event generators, a database per
@@ -22,8 +27,10 @@
 
 pub mod error;
 pub mod events;
+pub mod hybrid;
 pub mod ids;
 pub mod legacy;
+pub mod migration;
 pub mod projection;
 pub mod read;
 pub mod sink;

@@ -79,7 +79,7 @@ async fn migrations_apply_once() {
     assert!(first.status.success(), "{first:?}");
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
-        "db migrate: 2 migration(s) applied"
+        "db migrate: 3 migration(s) applied"
     );
     let again = hybridstore(&["db", "migrate", "--database-url", &db.url()]);
     assert!(again.status.success(), "{again:?}");

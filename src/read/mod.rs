@@ -13,11 +13,17 @@
 //! # Layout
 //! - [`log`]: [`LogSource`], the log projection in memory (the embedded default).
 //! - [`postgres`]: [`PgSource`], point reads from the Postgres read models.
-//! - [`cache`]: [`cache::Cache`], the two cache tiers (memory, Redis) in front of Postgres.
+//! - [`cache`]: [`cache::Cache`], the two cache tiers (memory, Redis) in front of Postgres,
+//!   values kept with the position they reflect, invalidated by floors.
+//! - [`router`]: [`Router`], which picks the source of each read by its component's migration
+//!   state, shadow-reads in `dual-write` ([`shadow`]), and falls back to the log projection when
+//!   Postgres fails.
 
 pub mod cache;
 pub mod log;
 pub mod postgres;
+pub mod router;
+pub mod shadow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +37,7 @@ use crate::StoreError;
 
 pub use log::LogSource;
 pub use postgres::PgSource;
+pub use router::{Answer, Query, Routed, Router, RoutingConfig, Source};
 
 /// Whether a source whose applied end is `applied_end` (every event below it applied) has
 /// applied the event at `min_position`.
@@ -70,6 +77,17 @@ pub enum ReadError {
         source_name: &'static str,
         /// One line.
         message: String,
+    },
+    /// A reader without a data directory was asked for a component it cannot serve: only the
+    /// process that owns the log serves a component before `database-only`.
+    #[error("{component} of bot {bot} is {state}: only the process that owns the log serves it (this reader has no data directory and serves database-only components)")]
+    NotServedHere {
+        /// The component.
+        component: Component,
+        /// The bot.
+        bot: BotId,
+        /// Its state.
+        state: MigrationState,
     },
     /// The store failed (the log projection stopped, the store closed).
     #[error(transparent)]

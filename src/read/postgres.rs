@@ -47,6 +47,18 @@ impl PgSource {
         }
     }
 
+    /// The same source with reads waiting at most `wait_max` for `min_position`.
+    #[must_use]
+    pub fn waiting(mut self, wait_max: Duration) -> PgSource {
+        self.wait_max = wait_max;
+        self
+    }
+
+    /// How long a read with `min_position` waits for the checkpoint.
+    pub fn wait_max(&self) -> Duration {
+        self.wait_max
+    }
+
     /// Answers only while the read models follow the log `log` (positions of another log mean
     /// nothing here: a read of them fails instead of answering from another history).
     #[must_use]

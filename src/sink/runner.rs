@@ -118,6 +118,8 @@ pub struct SinkStatus {
     pub events: u64,
     /// Whether the runner is waiting to retry a transient failure.
     pub retrying: bool,
+    /// Whether the sink's cursors were loaded (until then `committed` is not where it stands).
+    pub loaded: bool,
     /// Why the runner stopped, if it did.
     #[serde(serialize_with = "serialize_display")]
     pub stopped: Option<StopReason>,
@@ -333,6 +335,7 @@ impl<S: Sink> Runner<S> {
         let committed = lowest(cursors);
         self.status.send_modify(|s| {
             s.committed = committed;
+            s.loaded = true;
             for (component, cursor) in cursors {
                 s.components
                     .entry(*component)

@@ -151,6 +151,13 @@ impl Store {
         self.hand_to_writer(request, answer).await
     }
 
+    /// The version and position of `stream`'s last appended event, if it has any.
+    pub fn stream_head(&self, stream: &StreamId) -> Option<(StreamVersion, Position)> {
+        let entry = self.inner.indexes.streams.get(stream)?;
+        let last = *entry.positions.last()?;
+        Some((StreamVersion(entry.positions.len() as u64 - 1), last))
+    }
+
     /// The version the append's first event gets, if the stream is where `expected` says.
     fn check_expected(&self, stream: &StreamId, expected: ExpectedVersion) -> Result<u64> {
         let current = self

@@ -215,6 +215,18 @@ impl PgConfig {
     }
 }
 
+impl PgConfig {
+    /// A pool that connects when first used: for a store that must serve from the log while
+    /// Postgres is down at its start (each use then fails, and is retried, on its own).
+    pub fn connect_lazy(&self) -> PgPool {
+        PgPoolOptions::new()
+            .min_connections(0)
+            .max_connections(self.pool_max)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(self.connect.clone())
+    }
+}
+
 fn parse_url(variable: &str, url: &str) -> Result<PgConnectOptions, PgError> {
     // sqlx reads any scheme as Postgres; a MySQL or Redis URL here is a mistake to report.
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {

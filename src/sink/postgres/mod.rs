@@ -130,6 +130,10 @@ impl PgError {
     }
 }
 
+/// The advisory lock a replay (`hybridstore-replay`) holds while it rebuilds and swaps the
+/// tables ("hyreplay"): the supervisor looks for it before taking a Postgres failure for an outage.
+pub const REBUILD_LOCK_KEY: i64 = 0x6879_7265_706c_6179;
+
 /// Applies the migrations of `migrations/` that the database has not seen (under Postgres'
 /// advisory lock, so concurrent starts are safe). Returns how many were applied.
 ///

@@ -474,8 +474,8 @@ impl BeginStaging for PgConnection {
     }
 }
 
-/// The advisory lock key of rebuilds ("hyreplay").
-const REBUILD_LOCK_KEY: i64 = 0x6879_7265_706c_6179;
+/// The advisory lock key of rebuilds ("hyreplay"), known to the store's supervisor too.
+const REBUILD_LOCK_KEY: i64 = hybridstore::sink::postgres::REBUILD_LOCK_KEY;
 
 /// How long a rebuild waits for another one on the same database (or for a killed one's server
 /// session to end) before giving up.
