@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 mod demo;
+mod migrate;
 
 use demo::DemoConfig;
 
@@ -69,6 +70,27 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// The migration states: which projection serves each component's reads.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+    /// A typed read through the router, saying which source answered (for operators, and for
+    /// checking a migration by hand).
+    Read {
+        #[command(flatten)]
+        bot: BotArg,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Read-your-writes: see at least the event at this position.
+        #[arg(long, value_name = "POSITION")]
+        min_position: Option<u64>,
+        /// Output: `text`, or `json` (one JSON line `{type, data}`).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(subcommand)]
+        what: migrate::ReadWhat,
+    },
     /// Simulate the bot's message loop through the store on the embedded default (log only, no
     /// servers) and report throughput and latency; leaves a log the audit tool can inspect.
     Demo {
@@ -82,6 +104,80 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         handlers: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// Per bot and component: state, since when and why, projector lag, shadow counts, the last
+    /// mismatches.
+    Status {
+        /// Only this bot (default: every bot with a state set).
+        #[arg(long, env = "HYBRIDSTORE_BOT", value_parser = parse_bot_id)]
+        bot: Option<hybridstore::BotId>,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Output: `text`, or `json` (JSON Lines `{type, data}`).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Move components to a state: forward one step at a time (with its guard), back to any
+    /// earlier state at any time.
+    Set {
+        #[command(flatten)]
+        bot: BotArg,
+        #[command(flatten)]
+        db: DbArgs,
+        /// The components (users, profiles, configuration, conversations, analytics).
+        #[arg(required = true, value_parser = parse_component)]
+        components: Vec<hybridstore::Component>,
+        /// The state: disabled, enabled, dual-write, database-only.
+        #[arg(long, value_parser = parse_state)]
+        to: hybridstore::MigrationState,
+        /// Skip the guard of a step forward (the projector caught up; a clean shadow window).
+        #[arg(long)]
+        force: bool,
+        /// Why (recorded in the transition event).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Seconds `enabled -> dual-write` waits for the projector to catch up.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+}
+
+/// Output format of the commands that print records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// For people.
+    Text,
+    /// JSON Lines, `{type, data}`.
+    Json,
+}
+
+fn parse_component(name: &str) -> Result<hybridstore::Component, hybridstore::InputError> {
+    name.parse()
+}
+
+fn parse_state(name: &str) -> Result<hybridstore::MigrationState, String> {
+    name.parse()
+}
+
+/// The cache of the database-only reads: tier 1 in memory, and tier 2 when Redis is configured
+/// (`REDIS_URL`, or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_MAX_CONNECTIONS`), its keys
+/// under `HYBRIDSTORE_CACHE_NAMESPACE` (default `hybridstore`).
+fn cache_config() -> Result<Option<hybridstore::read::cache::CacheConfig>, String> {
+    let redis = hybridstore::read::cache::RedisConfig::from_env().map_err(|e| e.to_string())?;
+    let mut config = hybridstore::read::cache::CacheConfig {
+        redis,
+        ..Default::default()
+    };
+    if let Some(namespace) = std::env::var("HYBRIDSTORE_CACHE_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+    {
+        config.namespace = namespace;
+    }
+    Ok(Some(config))
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +246,39 @@ fn main() -> ExitCode {
             batch_events,
             until_caught_up,
         } => project_command(&data_dir, &db, component, batch_events, until_caught_up),
+        Command::Migrate {
+            command: MigrateCommand::Status { bot, db, format },
+        } => migrate::status_command(&data_dir, &db, bot.as_ref(), format),
+        Command::Migrate {
+            command:
+                MigrateCommand::Set {
+                    bot,
+                    db,
+                    components,
+                    to,
+                    force,
+                    reason,
+                    wait,
+                },
+        } => migrate::set_command(
+            &data_dir,
+            &db,
+            &bot.bot,
+            &components,
+            to,
+            hybridstore::hybrid::SetOptions {
+                force,
+                reason,
+                wait: std::time::Duration::from_secs(wait),
+            },
+        ),
+        Command::Read {
+            bot,
+            db,
+            min_position,
+            format,
+            what,
+        } => migrate::read_command(&data_dir, &db, &bot.bot, &what, min_position, format),
         Command::Demo {
             chats,
             exchanges,
