@@ -900,3 +900,113 @@ async fn rebuild_maps_nuls_and_adopts_the_log() {
     assert!(stopped.contains("belong to log"), "{stopped}");
     sink.stop().await;
 }
+
+/// Proves reads through the router never fail while a replay rebuilds and swaps the tables of
+/// `database-only` components under a live store (the router answers from the log projection
+/// while Postgres is locked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_reads_survive_a_swap() {
+    use hybridstore::hybrid::{Hybrid, HybridConfig, SetOptions};
+    use hybridstore::read::{Query, Source};
+    use hybridstore::MigrationState;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create("replay_routed").await;
+    let mut config = HybridConfig::new(StoreConfig::new(dir.path()));
+    config.postgres = Some(db.config.clone());
+    config.routing.postgres_timeout = Duration::from_millis(200);
+    let hybrid = Hybrid::open(config).await.unwrap();
+    let store = hybrid.store().unwrap().clone();
+    append_workload(&store, 600, 5).await;
+    let bot = hybridstore::BotId::new("bot_a").unwrap();
+    let forced = SetOptions {
+        force: true,
+        wait: Duration::from_secs(30),
+        ..SetOptions::default()
+    };
+    for component in [Component::Profiles, Component::Conversations] {
+        for to in [
+            MigrationState::Enabled,
+            MigrationState::DualWrite,
+            MigrationState::DatabaseOnly,
+        ] {
+            hybrid
+                .set_component_state(&bot, component, to, &forced)
+                .await
+                .unwrap();
+        }
+    }
+    let last = store.last_position().unwrap();
+    let routed = hybrid
+        .reads()
+        .read(
+            &Query::Head {
+                bot: bot.clone(),
+                chat_id: 1,
+            },
+            Some(last),
+        )
+        .await
+        .unwrap();
+    assert_eq!(routed.source, Source::Postgres);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (hybrid, stop, reads, bot) = (hybrid.clone(), stop.clone(), reads.clone(), bot.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut n = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let chat = n % 30 + 1;
+                for query in [
+                    Query::Profile {
+                        bot: bot.clone(),
+                        chat_id: chat,
+                    },
+                    Query::Messages {
+                        bot: bot.clone(),
+                        chat_id: chat,
+                        limit: 20,
+                    },
+                ] {
+                    match hybrid.reads().read(&query, Some(last)).await {
+                        Ok(_) => {
+                            reads.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(error) => failures.push(format!("{query:?}: {error}")),
+                    }
+                }
+                n += 1;
+            }
+            failures
+        })
+    };
+    let reads_before = loop {
+        let n = reads.load(Ordering::SeqCst);
+        if n > 0 {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let rebuild = replay_command([
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--database-url",
+        &db.url(),
+        "-q",
+    ]);
+    let done = run(rebuild).await;
+    done.expect_code(0);
+    let reads_during = reads.load(Ordering::SeqCst) - reads_before;
+    stop.store(true, Ordering::SeqCst);
+    let failures = reader.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} reads failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(reads_during > 0, "no read ran during the rebuild");
+    hybrid.close().await.unwrap();
+}
