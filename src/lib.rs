@@ -17,6 +17,8 @@
 //! - [`hybrid`]: the [`hybrid::Hybrid`] handle — the store plus, with a database, the supervisor,
 //!   the cache and the router that picks each read's source by state; also the reader without a
 //!   data directory.
+//! - [`server`]: `hybridstore serve` — HTTP API v1 over the handle, tokens, problem+json errors,
+//!   Prometheus metrics.
 //! - [`legacy`]: import of the old bot's JSON files, and export back to them.
 //! - [`error`]: input and store errors; [`error::one_line`] for the binaries.
 //! - `testing` (feature `testing`): shared test support — event generators, a database per
@@ -33,6 +35,7 @@ pub mod legacy;
 pub mod migration;
 pub mod projection;
 pub mod read;
+pub mod server;
 pub mod sink;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -217,6 +217,16 @@ impl Store {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// Why the store cannot take appends or serve fresh reads, if it cannot: the log's writer
+    /// poisoned or closed, or the projection stopped. `None`: ready.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(why) = self.inner.wal.refusing() {
+            return Some(format!("the log refuses appends ({why})"));
+        }
+        self.projection_error()
+            .map(|why| format!("the log projection stopped: {why}"))
+    }
+
     /// The error that stopped the projection, if any (a record that does not decode).
     pub fn projection_error(&self) -> Option<String> {
         self.inner

@@ -227,6 +227,16 @@ impl Wal {
         self.shared.log_id
     }
 
+    /// Why the writer refuses appends, if it does: poisoned by a failed write or sync (until
+    /// reopened) or closed. `None`: appends are taken.
+    pub fn refusing(&self) -> Option<String> {
+        let queue = lock(&self.shared.queue);
+        if let Some(cause) = &queue.poisoned {
+            return Some(format!("poisoned: {cause}"));
+        }
+        queue.closed.then(|| "closed".to_owned())
+    }
+
     /// Position one past the last durable record: readers see every record below it.
     pub fn durable_end(&self) -> Position {
         lock(&self.shared.published).durable_end

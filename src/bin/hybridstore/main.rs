@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 mod demo;
 mod migrate;
+mod serve;
 
 use demo::DemoConfig;
 
@@ -70,6 +71,9 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Run the daemon: own the data directory, run the sinks, serve HTTP/JSON (API v1,
+    /// docs/api-v1.md) on TCP and/or a Unix socket until SIGTERM/SIGINT.
+    Serve(serve::ServeArgs),
     /// The migration states: which projection serves each component's reads.
     Migrate {
         #[command(subcommand)]
@@ -246,6 +250,7 @@ fn main() -> ExitCode {
             batch_events,
             until_caught_up,
         } => project_command(&data_dir, &db, component, batch_events, until_caught_up),
+        Command::Serve(args) => serve::serve_command(&data_dir, args),
         Command::Migrate {
             command: MigrateCommand::Status { bot, db, format },
         } => migrate::status_command(&data_dir, &db, bot.as_ref(), format),
@@ -453,20 +458,7 @@ where
         let store = match hybridstore::Store::open(config).await {
             Ok(store) => store,
             Err(error) => {
-                eprintln!(
-                    "error: cannot open the store in {}: {}",
-                    data_dir.display(),
-                    hybridstore::error::one_line(&error)
-                );
-                if error.is_corruption() {
-                    let wal = data_dir.join(hybridstore::WAL_SUBDIR);
-                    eprintln!(
-                        "hint: `hybridstore-audit verify {0}` lists every damaged frame; \
-                         `hybridstore-audit repair {0}` cuts the damage (backing up what it \
-                         cuts) so the store opens again",
-                        wal.display()
-                    );
-                }
+                explain_open_error(data_dir, &error);
                 return ExitCode::from(2);
             }
         };
@@ -555,6 +547,39 @@ fn export_legacy_command(
             }
         },
     )
+}
+
+/// Says why the store in `data_dir` did not open, with what to do: a daemon holding the directory
+/// is named (it runs the projector and serves the migrations itself), a damaged log points at the
+/// audit tool.
+fn explain_open_error(data_dir: &std::path::Path, error: &hybridstore::StoreError) {
+    let locked = matches!(
+        error,
+        hybridstore::StoreError::Log(hybridstore_wal::Error::Locked { .. })
+    );
+    if let (true, Some(daemon)) = (locked, serve::running_daemon(data_dir)) {
+        eprintln!(
+            "error: a hybridstore daemon ({daemon}) holds {}: it runs the projector and the \
+             migration states itself; use its API (GET/POST /v1/migrations, the typed reads) \
+             or stop it first",
+            data_dir.display()
+        );
+        return;
+    }
+    eprintln!(
+        "error: cannot open the store in {}: {}",
+        data_dir.display(),
+        hybridstore::error::one_line(error)
+    );
+    if error.is_corruption() {
+        let wal = data_dir.join(hybridstore::WAL_SUBDIR);
+        eprintln!(
+            "hint: `hybridstore-audit verify {0}` lists every damaged frame; \
+             `hybridstore-audit repair {0}` cuts the damage (backing up what it \
+             cuts) so the store opens again",
+            wal.display()
+        );
+    }
 }
 
 /// Prints a line on stdout; a closed pipe (`| head`) is not an error worth a panic.

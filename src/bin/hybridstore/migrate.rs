@@ -69,11 +69,14 @@ async fn open(data_dir: &Path, db: &DbArgs) -> Result<Hybrid, ExitCode> {
         config.cache = None;
     }
     Hybrid::open(config).await.map_err(|error| {
-        eprintln!(
-            "error: cannot open the store in {}: {}",
-            data_dir.display(),
-            hybridstore::error::one_line(&error)
-        );
+        match &error {
+            HybridError::Store(store) => super::explain_open_error(data_dir, store),
+            other => eprintln!(
+                "error: cannot open the store in {}: {}",
+                data_dir.display(),
+                hybridstore::error::one_line(other)
+            ),
+        }
         ExitCode::from(2)
     })
 }
