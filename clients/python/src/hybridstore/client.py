@@ -1,0 +1,401 @@
+"""``Client`` (sync) and ``AsyncClient`` (asyncio): one method per route of API v1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Iterator, Mapping, Optional, Sequence, Union
+
+import httpx
+
+from . import _core as core
+from ._core import Config, Request, RetryPolicy
+from .errors import HybridstoreError
+from .types import (
+    AppendResult,
+    ComponentState,
+    ComponentStatus,
+    ConversationHead,
+    ExpectedVersion,
+    Message,
+    NewEvent,
+    ProfileDocument,
+    Read,
+    ReadAllResult,
+    RecordedEvent,
+    Transition,
+    User,
+)
+
+__all__ = ["Client", "AsyncClient", "RetryPolicy"]
+
+EventLike = Union[NewEvent, Mapping[str, Any]]
+
+
+class _Base:
+    def __init__(
+        self,
+        url: Optional[str],
+        token: Optional[str],
+        bot: Optional[str],
+        timeout: float,
+        retry: Optional[RetryPolicy],
+    ) -> None:
+        self._cfg = Config.make(url, token, bot, timeout, retry)
+
+    @property
+    def bot(self) -> Optional[str]:
+        """The default bot id of the typed reads (``HYBRIDSTORE_BOT``)."""
+        return self._cfg.bot
+
+    def _profile_req(self, chat_id: int, bot: Optional[str], min_position: Optional[int]) -> Request:
+        return core.typed_request(self._cfg.need_bot(bot), f"profiles/{int(chat_id)}", min_position)
+
+
+class Client(_Base):
+    """A blocking client. ``url`` is ``http://host:port`` or ``unix:/path/to.sock``; ``token``
+    the bearer token; ``bot`` the default bot of the typed reads. Each defaults from
+    ``HYBRIDSTORE_URL`` / ``HYBRIDSTORE_TOKEN`` / ``HYBRIDSTORE_BOT``. ``transport`` replaces the
+    network (tests pass an ``httpx.MockTransport``)."""
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        bot: Optional[str] = None,
+        *,
+        timeout: float = 10.0,
+        retry: Optional[RetryPolicy] = None,
+        transport: Optional[httpx.BaseTransport] = None,
+    ) -> None:
+        super().__init__(url, token, bot, timeout, retry)
+        if transport is None:
+            uds = self._cfg.uds
+            transport = httpx.HTTPTransport(uds=uds) if uds else httpx.HTTPTransport()
+        self._http = httpx.Client(
+            base_url=self._cfg.base_url,
+            headers=self._cfg.headers(),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The one place requests are sent, with the retry loop.
+    def _send(self, req: Request) -> Any:
+        policy = self._cfg.retry if req.retry != "never" else core.NO_RETRY
+        for attempt in range(policy.attempts):
+            last = attempt == policy.attempts - 1
+            try:
+                response = self._http.request(
+                    req.method,
+                    req.path,
+                    params=req.params or None,
+                    json=req.json,
+                    headers=req.headers or None,
+                    timeout=req.timeout if req.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+                return core.body_of(response, req)
+            except httpx.TransportError as exc:
+                if last or not core.retryable_transport(exc, req.retry):
+                    raise core.connection_failed(exc, attempt + 1) from exc
+            except HybridstoreError as exc:
+                if last or not core.retryable_error(exc, req.retry):
+                    raise
+            time.sleep(policy.delay(attempt))
+        raise AssertionError("unreachable")
+
+    # --- writes ---
+    def append(
+        self,
+        stream: str,
+        events: Sequence[EventLike],
+        expected_version: ExpectedVersion = "any",
+        idempotency_key: Optional[str] = None,
+    ) -> AppendResult:
+        """Appends ``events`` atomically. Every event is given a client event id (UUIDv7) before
+        the first attempt unless it has an id or a key (or ``idempotency_key`` is given, the
+        ``Idempotency-Key`` header), so a retry never appends twice.
+
+        Raises ``WrongExpectedVersion`` (``.actual_version``), ``IdempotencyConflict``,
+        ``BadRequest`` (``.field``), ``PayloadTooLarge``, ``Forbidden``, …"""
+        req = core.append_request(stream, events, expected_version, idempotency_key)
+        return AppendResult.from_json(self._send(req))
+
+    # --- log reads ---
+    def read_stream(
+        self,
+        stream: str,
+        from_version: Optional[int] = None,
+        direction: str = "forward",
+        limit: Optional[int] = None,
+    ) -> list[RecordedEvent]:
+        return core.parse_events(self._send(core.read_stream_request(stream, from_version, direction, limit)))
+
+    def read_all(self, from_position: int = 0, limit: Optional[int] = None, wait_ms: Optional[int] = None) -> ReadAllResult:
+        """Events from ``from_position`` on; with ``wait_ms``, a long poll that waits (up to 30 s)
+        for the first event when there is none yet. ``next`` is where to read on."""
+        req = core.read_all_request(from_position, limit, wait_ms, self._cfg.timeout)
+        return core.parse_read_all(self._send(req), from_position)
+
+    def subscribe(self, from_position: Optional[int] = None, *, reconnects: Optional[int] = None) -> Iterator[RecordedEvent]:
+        """Recorded events as the daemon pushes them (SSE), from ``from_position`` (included) or,
+        with ``None``, from where the daemon starts a subscription with no position. A dropped
+        connection is resumed with ``Last-Event-ID`` (backoff between tries; ``reconnects``
+        bounds consecutive failed tries, ``None``: forever). Each position is delivered once."""
+        last_seen: Optional[int] = None
+        failures = 0
+        policy = self._cfg.retry
+        while True:
+            req = core.subscribe_request(from_position, last_seen)
+            try:
+                with self._http.stream(req.method, req.path, params=req.params or None, headers=req.headers, timeout=httpx.Timeout(self._cfg.timeout, read=None)) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise core.error_of(response)
+                    failures = 0
+                    parser = core.SseParser()
+                    for line in response.iter_lines():
+                        fields = parser.feed(line)
+                        if fields is None:
+                            continue
+                        event = core.sse_event(fields)
+                        if event is None or (last_seen is not None and event.position <= last_seen):
+                            continue
+                        last_seen = event.position
+                        yield event
+            except httpx.TransportError as exc:
+                if not core.retryable_transport(exc, "always") or (reconnects is not None and failures >= reconnects):
+                    raise core.connection_failed(exc, failures + 1) from exc
+            except HybridstoreError as exc:
+                if not core.retryable_error(exc, "always") or (reconnects is not None and failures >= reconnects):
+                    raise
+            time.sleep(policy.delay(min(failures, 10)))
+            failures += 1
+
+    # --- typed reads ---
+    def profile(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ProfileDocument]]:
+        return core.parse_read(self._send(self._profile_req(chat_id, bot, min_position)), ProfileDocument.from_json)
+
+    def head(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ConversationHead]]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/head", min_position)
+        return core.parse_read(self._send(req), ConversationHead.from_json)
+
+    def messages(self, chat_id: int, limit: int = 20, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[list[Message]]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/messages", min_position, limit=limit)
+        read = core.parse_read(self._send(req), core.parse_messages)
+        return read if read.value is not None else Read([], read.applied_end, read.source, read.state)
+
+    def user(self, user_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[User]]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"users/{int(user_id)}", min_position)
+        return core.parse_read(self._send(req), User.from_json)
+
+    def config(self, scope: str, key: str, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Any]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"config/{core._q(scope)}/{core._q(key)}", min_position)
+        return core.parse_read(self._send(req), lambda v: v)
+
+    def daily(self, date: str, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Any]:
+        """The analytics counters of ``date`` (``YYYY-MM-DD``, or a ``datetime.date``)."""
+        req = core.typed_request(self._cfg.need_bot(bot), f"analytics/{core._q(str(date))}", min_position)
+        return core.parse_read(self._send(req), lambda v: v)
+
+    def component_state(self, component: str, bot: Optional[str] = None, min_position: Optional[int] = None) -> ComponentState:
+        req = core.typed_request(self._cfg.need_bot(bot), f"components/{core._q(component)}", min_position)
+        return core.parse_component_state(self._send(req))
+
+    # --- admin ---
+    def migrations(self, bot: Optional[str] = None) -> list[ComponentStatus]:
+        return core.parse_migrations(self._send(core.migrations_request(bot)))
+
+    def set_migration(self, bot: str, component: str, to: str, force: bool = False, reason: Optional[str] = None, wait_s: Optional[float] = None) -> Transition:
+        req = core.set_migration_request(bot, component, to, force, reason, wait_s, self._cfg.timeout)
+        return Transition.from_json(self._send(req))
+
+    # --- health ---
+    def livez(self) -> bool:
+        return self._health("/livez")
+
+    def readyz(self) -> bool:
+        """True when the log is open, recovered and writable (200); False on 503."""
+        return self._health("/readyz")
+
+    def _health(self, path: str) -> bool:
+        try:
+            self._send(core.health_request(path))
+            return True
+        except HybridstoreError as exc:
+            if exc.status == 503:
+                return False
+            raise
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of ``Client``: the same methods, as coroutines; ``subscribe`` is an async
+    iterator."""
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        bot: Optional[str] = None,
+        *,
+        timeout: float = 10.0,
+        retry: Optional[RetryPolicy] = None,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+    ) -> None:
+        super().__init__(url, token, bot, timeout, retry)
+        if transport is None:
+            uds = self._cfg.uds
+            transport = httpx.AsyncHTTPTransport(uds=uds) if uds else httpx.AsyncHTTPTransport()
+        self._http = httpx.AsyncClient(
+            base_url=self._cfg.base_url,
+            headers=self._cfg.headers(),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _send(self, req: Request) -> Any:
+        policy = self._cfg.retry if req.retry != "never" else core.NO_RETRY
+        for attempt in range(policy.attempts):
+            last = attempt == policy.attempts - 1
+            try:
+                response = await self._http.request(
+                    req.method,
+                    req.path,
+                    params=req.params or None,
+                    json=req.json,
+                    headers=req.headers or None,
+                    timeout=req.timeout if req.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+                return core.body_of(response, req)
+            except httpx.TransportError as exc:
+                if last or not core.retryable_transport(exc, req.retry):
+                    raise core.connection_failed(exc, attempt + 1) from exc
+            except HybridstoreError as exc:
+                if last or not core.retryable_error(exc, req.retry):
+                    raise
+            await asyncio.sleep(policy.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[EventLike],
+        expected_version: ExpectedVersion = "any",
+        idempotency_key: Optional[str] = None,
+    ) -> AppendResult:
+        """See ``Client.append``."""
+        req = core.append_request(stream, events, expected_version, idempotency_key)
+        return AppendResult.from_json(await self._send(req))
+
+    async def read_stream(
+        self,
+        stream: str,
+        from_version: Optional[int] = None,
+        direction: str = "forward",
+        limit: Optional[int] = None,
+    ) -> list[RecordedEvent]:
+        return core.parse_events(await self._send(core.read_stream_request(stream, from_version, direction, limit)))
+
+    async def read_all(self, from_position: int = 0, limit: Optional[int] = None, wait_ms: Optional[int] = None) -> ReadAllResult:
+        req = core.read_all_request(from_position, limit, wait_ms, self._cfg.timeout)
+        return core.parse_read_all(await self._send(req), from_position)
+
+    async def subscribe(self, from_position: Optional[int] = None, *, reconnects: Optional[int] = None) -> AsyncIterator[RecordedEvent]:
+        """See ``Client.subscribe``: resumes after a dropped connection (or a daemon restart)
+        with ``Last-Event-ID``, delivering each position once."""
+        last_seen: Optional[int] = None
+        failures = 0
+        policy = self._cfg.retry
+        while True:
+            req = core.subscribe_request(from_position, last_seen)
+            try:
+                async with self._http.stream(req.method, req.path, params=req.params or None, headers=req.headers, timeout=httpx.Timeout(self._cfg.timeout, read=None)) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise core.error_of(response)
+                    failures = 0
+                    parser = core.SseParser()
+                    async for line in response.aiter_lines():
+                        fields = parser.feed(line)
+                        if fields is None:
+                            continue
+                        event = core.sse_event(fields)
+                        if event is None or (last_seen is not None and event.position <= last_seen):
+                            continue
+                        last_seen = event.position
+                        yield event
+            except httpx.TransportError as exc:
+                if not core.retryable_transport(exc, "always") or (reconnects is not None and failures >= reconnects):
+                    raise core.connection_failed(exc, failures + 1) from exc
+            except HybridstoreError as exc:
+                if not core.retryable_error(exc, "always") or (reconnects is not None and failures >= reconnects):
+                    raise
+            await asyncio.sleep(policy.delay(min(failures, 10)))
+            failures += 1
+
+    async def profile(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ProfileDocument]]:
+        return core.parse_read(await self._send(self._profile_req(chat_id, bot, min_position)), ProfileDocument.from_json)
+
+    async def head(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ConversationHead]]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/head", min_position)
+        return core.parse_read(await self._send(req), ConversationHead.from_json)
+
+    async def messages(self, chat_id: int, limit: int = 20, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[list[Message]]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/messages", min_position, limit=limit)
+        read = core.parse_read(await self._send(req), core.parse_messages)
+        return read if read.value is not None else Read([], read.applied_end, read.source, read.state)
+
+    async def user(self, user_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[User]]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"users/{int(user_id)}", min_position)
+        return core.parse_read(await self._send(req), User.from_json)
+
+    async def config(self, scope: str, key: str, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Any]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"config/{core._q(scope)}/{core._q(key)}", min_position)
+        return core.parse_read(await self._send(req), lambda v: v)
+
+    async def daily(self, date: str, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Any]:
+        req = core.typed_request(self._cfg.need_bot(bot), f"analytics/{core._q(str(date))}", min_position)
+        return core.parse_read(await self._send(req), lambda v: v)
+
+    async def component_state(self, component: str, bot: Optional[str] = None, min_position: Optional[int] = None) -> ComponentState:
+        req = core.typed_request(self._cfg.need_bot(bot), f"components/{core._q(component)}", min_position)
+        return core.parse_component_state(await self._send(req))
+
+    async def migrations(self, bot: Optional[str] = None) -> list[ComponentStatus]:
+        return core.parse_migrations(await self._send(core.migrations_request(bot)))
+
+    async def set_migration(self, bot: str, component: str, to: str, force: bool = False, reason: Optional[str] = None, wait_s: Optional[float] = None) -> Transition:
+        req = core.set_migration_request(bot, component, to, force, reason, wait_s, self._cfg.timeout)
+        return Transition.from_json(await self._send(req))
+
+    async def livez(self) -> bool:
+        return await self._health("/livez")
+
+    async def readyz(self) -> bool:
+        return await self._health("/readyz")
+
+    async def _health(self, path: str) -> bool:
+        try:
+            await self._send(core.health_request(path))
+            return True
+        except HybridstoreError as exc:
+            if exc.status == 503:
+                return False
+            raise
