@@ -338,7 +338,8 @@ class Session:
         out: List[Optional[GirlProfile]] = [None]
 
         def plan(doc: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
-            current = GirlProfile.from_dict(doc) if doc is not None else None
+            # A copy: the change must not edit `doc`, the stored state it is diffed against.
+            current = GirlProfile.from_dict(copy.deepcopy(doc)) if doc is not None else None
             wanted = change(current)
             out[0] = wanted
             return profile_events(doc, wanted.to_dict() if wanted is not None else None)
