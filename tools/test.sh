@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the hybridstore test suite: services (PostgreSQL, Redis), all targets,
-# then doc tests (which --all-targets does not include).
+# then doc tests (which --all-targets does not include), then the Python client's tests
+# (clients/python, in a virtualenv under target/, against the debug binary).
 #
 # Extra arguments go to the first `cargo test` invocation.
 # HYBRIDSTORE_SKIP_SERVICES=1 skips the services step (log-only crates).
@@ -25,3 +26,13 @@ cargo test --workspace --all-targets --locked "$@"
 
 step "cargo test --workspace --doc --locked"
 cargo test --workspace --doc --locked
+
+# The Python client (clients/python) against the debug binary `cargo test` just built: a
+# virtualenv in target/pyenv (made once), the client and pytest installed into it from PyPI.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ $target_dir == /* ]] || target_dir="$PWD/$target_dir"
+step "python: pytest clients/python/tests (virtualenv $target_dir/pyenv)"
+[[ -x $target_dir/pyenv/bin/python ]] || python3 -m venv "$target_dir/pyenv"
+"$target_dir/pyenv/bin/python" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test]'
+HYBRIDSTORE_BIN="${HYBRIDSTORE_BIN:-$target_dir/debug/hybridstore}" \
+    "$target_dir/pyenv/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests
