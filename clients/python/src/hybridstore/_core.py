@@ -59,7 +59,7 @@ class RetryPolicy:
     jitter: float = 0.2
 
     def delay(self, retry: int) -> float:
-        d = min(self.cap, self.base * (2**retry))
+        d = float(min(self.cap, self.base * (2.0**retry)))
         if self.jitter:
             d *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, d)

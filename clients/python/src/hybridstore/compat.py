@@ -60,7 +60,7 @@ WRITE_ATTEMPTS_MAX = 8
 class HanBotError(Exception):
     """Base of the old bot's errors (``src/utils/exceptions.py``)."""
 
-    def __init__(self, message: str, details: Optional[dict] = None) -> None:
+    def __init__(self, message: str, details: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
@@ -87,7 +87,7 @@ def _validate_chat_id(chat_id: Any) -> int:
             raise ValidationError(f"Invalid chat_id: {chat_id}", {"type": type(chat_id)})
     if chat_id == 0:
         raise ValidationError("chat_id cannot be zero")
-    return chat_id
+    return int(chat_id)
 
 
 def _validate_name(name: Any) -> str:
@@ -98,7 +98,7 @@ def _validate_name(name: Any) -> str:
     name = name.strip()
     if len(name) > 64:
         name = name[:64]
-    return name
+    return str(name)
 
 
 # --- GirlProfile -----------------------------------------------------------------------------
