@@ -8,6 +8,8 @@ import threading
 import time
 from collections import Counter
 
+import httpx
+
 import hybridstore as hs
 from hybridstore import RetryPolicy, compat
 
@@ -26,9 +28,15 @@ def test_kill_9_during_retrying_writes(daemon):
     failed: list[list[int]] = [[] for _ in range(WRITERS)]
     progress = threading.Semaphore(0)
     policy = RetryPolicy(attempts=30, base=0.02, cap=0.5)
+    attempts = Counter()
+
+    class Counting(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            attempts[request.method] += 1
+            return super().handle_request(request)
 
     def writer(w: int) -> None:
-        c = hs.Client(daemon.url, bot=BOT, retry=policy, timeout=5)
+        c = hs.Client(daemon.url, bot=BOT, retry=policy, timeout=5, transport=Counting())
         for i in range(w, WRITES, WRITERS):
             event = {"type": "MessageReceived", "data": {"telegram_message_id": i, "text": f"m{i}", "content_type": "text", "legacy_ts": None}}
             try:
@@ -53,6 +61,7 @@ def test_kill_9_during_retrying_writes(daemon):
 
     c = hs.Client(daemon.url, bot=BOT)
     total_acked = sum(map(len, acked))
+    assert attempts["POST"] > WRITES, "the kills should have made some appends retry"
     assert total_acked >= WRITES - 8, f"too many writes failed through the restarts: {failed}"
     for w in range(WRITERS):
         texts = Counter(e.data["text"] for e in c.read_stream(f"conv-{BOT}-{w}", limit=10_000))
