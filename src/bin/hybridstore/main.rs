@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 mod demo;
 mod migrate;
+mod remote;
 mod serve;
 
 use demo::DemoConfig;
@@ -86,6 +87,8 @@ enum Command {
         bot: BotArg,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Read-your-writes: see at least the event at this position.
         #[arg(long, value_name = "POSITION")]
         min_position: Option<u64>,
@@ -120,6 +123,8 @@ enum MigrateCommand {
         bot: Option<hybridstore::BotId>,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Output: `text`, or `json` (JSON Lines `{type, data}`).
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -131,6 +136,8 @@ enum MigrateCommand {
         bot: BotArg,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// The components (users, profiles, configuration, conversations, analytics).
         #[arg(required = true, value_parser = parse_component)]
         components: Vec<hybridstore::Component>,
@@ -193,6 +200,25 @@ enum DbCommand {
     },
 }
 
+/// A running daemon to talk to instead of opening the data directory (which the daemon holds).
+#[derive(Debug, clap::Args)]
+struct RemoteArgs {
+    /// The daemon's URL (`http://127.0.0.1:8740`); its token comes from `HYBRIDSTORE_TOKEN`.
+    #[arg(long, env = "HYBRIDSTORE_URL", value_name = "URL")]
+    url: Option<String>,
+}
+
+impl RemoteArgs {
+    fn remote(&self) -> Option<remote::Remote> {
+        self.url.as_ref().map(|url| remote::Remote {
+            url: url.clone(),
+            token: std::env::var("HYBRIDSTORE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        })
+    }
+}
+
 /// Where the read models are; without the flag, `DATABASE_URL` or `DB_HOST`, `DB_PORT`,
 /// `DB_NAME`, `DB_USER`, `DB_PASSWORD` (`DB_MAX_POOL_SIZE`, `DB_SSLMODE`, `DB_SSLROOTCERT`).
 #[derive(Debug, clap::Args)]
@@ -252,38 +278,59 @@ fn main() -> ExitCode {
         } => project_command(&data_dir, &db, component, batch_events, until_caught_up),
         Command::Serve(args) => serve::serve_command(&data_dir, args),
         Command::Migrate {
-            command: MigrateCommand::Status { bot, db, format },
-        } => migrate::status_command(&data_dir, &db, bot.as_ref(), format),
+            command:
+                MigrateCommand::Status {
+                    bot,
+                    db,
+                    remote,
+                    format,
+                },
+        } => match remote.remote() {
+            Some(remote) => on_runtime(remote::status(&remote, bot.as_ref())),
+            None => migrate::status_command(&data_dir, &db, bot.as_ref(), format),
+        },
         Command::Migrate {
             command:
                 MigrateCommand::Set {
                     bot,
                     db,
+                    remote,
                     components,
                     to,
                     force,
                     reason,
                     wait,
                 },
-        } => migrate::set_command(
-            &data_dir,
-            &db,
-            &bot.bot,
-            &components,
-            to,
-            hybridstore::hybrid::SetOptions {
+        } => {
+            let options = hybridstore::hybrid::SetOptions {
                 force,
                 reason,
                 wait: std::time::Duration::from_secs(wait),
-            },
-        ),
+            };
+            match remote.remote() {
+                Some(remote) => {
+                    on_runtime(remote::set(&remote, &bot.bot, &components, to, &options))
+                }
+                None => migrate::set_command(&data_dir, &db, &bot.bot, &components, to, options),
+            }
+        }
         Command::Read {
             bot,
             db,
+            remote,
             min_position,
             format,
             what,
-        } => migrate::read_command(&data_dir, &db, &bot.bot, &what, min_position, format),
+        } => match remote.remote() {
+            Some(remote) => match what.path(&bot.bot, min_position) {
+                Ok(path) => on_runtime(remote::read(&remote, &path)),
+                Err(problem) => {
+                    eprintln!("error: {problem}");
+                    ExitCode::from(2)
+                }
+            },
+            None => migrate::read_command(&data_dir, &db, &bot.bot, &what, min_position, format),
+        },
         Command::Demo {
             chats,
             exchanges,
@@ -327,6 +374,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("error: cannot start the async runtime: {error}");
             ExitCode::from(2)
         })
+}
+
+/// Runs `work` on a fresh runtime.
+fn on_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match runtime() {
+        Ok(runtime) => runtime.block_on(work),
+        Err(code) => code,
+    }
 }
 
 /// Connects to the configured database: one line and exit code 2 when it cannot.

@@ -52,6 +52,49 @@ pub enum ReadWhat {
     },
 }
 
+impl ReadWhat {
+    /// The daemon's route for this read (API v1).
+    ///
+    /// # Errors
+    /// A date that does not parse.
+    pub fn path(&self, bot: &BotId, min_position: Option<u64>) -> Result<String, String> {
+        let base = format!("/v1/bots/{bot}");
+        let mut path = match self {
+            ReadWhat::Profile { chat } => format!("{base}/profiles/{chat}?"),
+            ReadWhat::Head { chat } => format!("{base}/conversations/{chat}/head?"),
+            ReadWhat::Messages { chat, limit } => {
+                format!("{base}/conversations/{chat}/messages?limit={limit}&")
+            }
+            ReadWhat::User { id } => format!("{base}/users/{id}?"),
+            ReadWhat::Config { scope, key } => {
+                format!("{base}/config/{}/{}?", encode(scope), encode(key))
+            }
+            ReadWhat::Day { date } => {
+                Timestamp::parse_date(date)
+                    .ok_or_else(|| format!("{date:?} is not a date (expected YYYY-MM-DD)"))?;
+                format!("{base}/analytics/{date}?")
+            }
+        };
+        if let Some(min) = min_position {
+            path.push_str(&format!("min_position={min}"));
+        }
+        Ok(path.trim_end_matches(['?', '&']).to_owned())
+    }
+}
+
+/// `text` as one URL path segment: unreserved characters as they are, every other byte
+/// percent-encoded.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 /// Opens the handle the commands use: the store in `data_dir`, Postgres when configured (the
 /// flag, `DATABASE_URL` or `DB_HOST`…), the cache when Redis is configured.
 async fn open(data_dir: &Path, db: &DbArgs) -> Result<Hybrid, ExitCode> {

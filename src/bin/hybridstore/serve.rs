@@ -45,6 +45,15 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_s: u64,
+    /// Share of keys (0 to 1) shadow-read in dual-write.
+    #[arg(long, default_value_t = 0.1)]
+    pub shadow_rate: f64,
+    /// Matching shadow reads without a mismatch that dual-write -> database-only needs.
+    #[arg(long, default_value_t = 1000)]
+    pub shadow_window_reads: u64,
+    /// Seconds without a mismatch that dual-write -> database-only needs.
+    #[arg(long, default_value_t = 900)]
+    pub shadow_window_s: u64,
 }
 
 /// `serve`: exit 0 after a clean stop, 2 when it could not run or stop cleanly.
@@ -109,7 +118,15 @@ pub fn serve_command(data_dir: &Path, args: ServeArgs) -> ExitCode {
                 Err(error) => return fail(hybridstore::error::one_line(&error)),
             }
         } else {
+            if !(0.0..=1.0).contains(&args.shadow_rate) {
+                return fail(format!("--shadow-rate {} is not between 0 and 1", args.shadow_rate));
+            }
             let mut hybrid_config = HybridConfig::new(hybridstore::StoreConfig::new(data_dir));
+            hybrid_config.routing.shadow_rate = args.shadow_rate;
+            hybrid_config.window = hybridstore::read::shadow::WindowRule {
+                reads_min: args.shadow_window_reads,
+                duration_min: Duration::from_secs(args.shadow_window_s),
+            };
             hybrid_config.cache = if postgres.is_some() { cache } else { None };
             hybrid_config.postgres = postgres;
             match Hybrid::open(hybrid_config).await {
