@@ -31,6 +31,10 @@ __all__ = ["Client", "AsyncClient", "RetryPolicy"]
 
 EventLike = Union[NewEvent, Mapping[str, Any]]
 
+#: Connections kept open: httpx's default keeps only 20 idle, so 64 concurrent tasks would open
+#: and close connections all the time.
+DEFAULT_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=30.0)
+
 
 class _Base:
     def __init__(
@@ -56,7 +60,7 @@ class Client(_Base):
     """A blocking client. ``url`` is ``http://host:port`` or ``unix:/path/to.sock``; ``token``
     the bearer token; ``bot`` the default bot of the typed reads. Each defaults from
     ``HYBRIDSTORE_URL`` / ``HYBRIDSTORE_TOKEN`` / ``HYBRIDSTORE_BOT``. ``transport`` replaces the
-    network (tests pass an ``httpx.MockTransport``)."""
+    network (tests pass an ``httpx.MockTransport``); ``limits`` the connection pool's bounds."""
 
     def __init__(
         self,
@@ -67,11 +71,12 @@ class Client(_Base):
         timeout: float = 10.0,
         retry: Optional[RetryPolicy] = None,
         transport: Optional[httpx.BaseTransport] = None,
+        limits: Optional[httpx.Limits] = None,
     ) -> None:
         super().__init__(url, token, bot, timeout, retry)
         if transport is None:
             uds = self._cfg.uds
-            transport = httpx.HTTPTransport(uds=uds) if uds else httpx.HTTPTransport()
+            transport = httpx.HTTPTransport(uds=uds, limits=limits or DEFAULT_LIMITS)
         self._http = httpx.Client(
             base_url=self._cfg.base_url,
             headers=self._cfg.headers(),
@@ -146,8 +151,8 @@ class Client(_Base):
         return core.parse_read_all(self._send(req), from_position)
 
     def subscribe(self, from_position: Optional[int] = None, *, reconnects: Optional[int] = None) -> Iterator[RecordedEvent]:
-        """Recorded events as the daemon pushes them (SSE), from ``from_position`` (included) or,
-        with ``None``, from where the daemon starts a subscription with no position. A dropped
+        """Recorded events as the daemon pushes them (SSE), from ``from_position`` (included;
+        ``None``: no position is sent, and the daemon starts at the log's beginning). A dropped
         connection is resumed with ``Last-Event-ID`` (backoff between tries; ``reconnects``
         bounds consecutive failed tries, ``None``: forever). Each position is delivered once."""
         last_seen: Optional[int] = None
@@ -249,11 +254,12 @@ class AsyncClient(_Base):
         timeout: float = 10.0,
         retry: Optional[RetryPolicy] = None,
         transport: Optional[httpx.AsyncBaseTransport] = None,
+        limits: Optional[httpx.Limits] = None,
     ) -> None:
         super().__init__(url, token, bot, timeout, retry)
         if transport is None:
             uds = self._cfg.uds
-            transport = httpx.AsyncHTTPTransport(uds=uds) if uds else httpx.AsyncHTTPTransport()
+            transport = httpx.AsyncHTTPTransport(uds=uds, limits=limits or DEFAULT_LIMITS)
         self._http = httpx.AsyncClient(
             base_url=self._cfg.base_url,
             headers=self._cfg.headers(),
