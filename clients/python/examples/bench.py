@@ -13,7 +13,6 @@ import time
 
 import hybridstore as hs
 
-TASKS = 64
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -21,7 +20,7 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1e6
 
 
-async def main(url: str | None, seconds: float, bot: str) -> None:
+async def main(url: str | None, seconds: float, bot: str, TASKS: int) -> None:
     async with hs.AsyncClient(url, bot=bot) as c:
         for chat in range(TASKS):
             await c.append(f"conv-{bot}-{chat}", [{"type": "ProfileCreated", "data": {"name": f"n{chat}"}}])
@@ -53,7 +52,7 @@ async def main(url: str | None, seconds: float, bot: str) -> None:
 
         await asyncio.gather(*(reader(chat) for chat in range(TASKS)))
         for name, samples in lat.items():
-            print(f"{name}: {len(samples)} reads, p50 {pct(samples, 0.5):,.0f} µs, p99 {pct(samples, 0.99):,.0f} µs (64 concurrent tasks)")
+            print(f"{name}: {len(samples)} reads, p50 {pct(samples, 0.5):,.0f} µs, p99 {pct(samples, 0.99):,.0f} µs ({TASKS} concurrent tasks)")
 
 
 if __name__ == "__main__":
@@ -61,5 +60,6 @@ if __name__ == "__main__":
     ap.add_argument("--url")
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--bot", default="benchbot")
+    ap.add_argument("--tasks", type=int, default=64)
     args = ap.parse_args()
-    asyncio.run(main(args.url, args.seconds, args.bot))
+    asyncio.run(main(args.url, args.seconds, args.bot, args.tasks))
