@@ -516,10 +516,10 @@ impl Router {
         };
         match state {
             MigrationState::Disabled | MigrationState::Enabled => {
-                self.from_log(query, min_position, state).await
+                self.answer_from_log(query, min_position, state).await
             }
             MigrationState::DualWrite => {
-                let answer = self.from_log(query, min_position, state).await?;
+                let answer = self.answer_from_log(query, min_position, state).await?;
                 self.shadow(query, &answer);
                 Ok(answer)
             }
@@ -527,7 +527,7 @@ impl Router {
         }
     }
 
-    async fn from_log(
+    async fn answer_from_log(
         &self,
         query: &Query,
         min_position: Option<Position>,
@@ -637,10 +637,10 @@ impl Router {
         const STATE: MigrationState = MigrationState::DatabaseOnly;
         let inner = &self.inner;
         let Some(postgres) = &inner.postgres else {
-            return self.from_log(query, min_position, STATE).await;
+            return self.answer_from_log(query, min_position, STATE).await;
         };
         if !inner.health.is_up() && inner.log.is_some() {
-            return self.from_log(query, min_position, STATE).await;
+            return self.answer_from_log(query, min_position, STATE).await;
         }
         // A conversation is cached as its last `messages_cached` messages; a read of more
         // bypasses the cache.
@@ -693,7 +693,7 @@ impl Router {
                 if inner.log.is_none() {
                     return Err(error);
                 }
-                return self.from_log(query, min_position, STATE).await;
+                return self.answer_from_log(query, min_position, STATE).await;
             }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {wait:?}"),
@@ -708,7 +708,7 @@ impl Router {
                 message: failure,
             });
         }
-        self.from_log(query, min_position, STATE).await
+        self.answer_from_log(query, min_position, STATE).await
     }
 
     async fn typed<T>(
