@@ -30,14 +30,18 @@
 //!    for the Redis hit a raw `GET` of the very entry (its bytes read once through a connection
 //!    of the bench's own, then `GET` repeatedly; target: Redis hit p99 ≤ 1.5× raw `GET` p99); for
 //!    the Postgres miss a raw one-statement `SELECT` of the same rows (target: ≤ 1 ms p99).
+//!    Diagnostics beside them, to say where the time goes: a raw `GET` plus decoding the entry
+//!    as the tier does; one Postgres round trip (`SELECT 1`), a pool acquire (sqlx pings the
+//!    connection first), and the read's five statements sent raw.
 //! 2. A bot-like load on `bench` in `database-only` with both tiers: chats drawn from a Zipf
 //!    distribution (exponent 1.0, fixed seed), 10 reads (profile, head or the last 20 messages)
 //!    per write (a `MessageReceived` appended with `Store::append`, durable); a pass from a cold
 //!    cache, then the measured pass: the share of reads each source answered (and the cache's own
 //!    counters) and the read p99.
 //! 3. The cost of shadow reads: `bench`'s reads in `dual-write` through routers with
-//!    `shadow_rate` 0.01 and 1.0, as a throughput ratio of `bench_twin`'s (`disabled`), rounds
-//!    alternating; the shadow outcomes counted.
+//!    `shadow_rate` 0.01 and 1.0 (and 0: the dual-write path's own bookkeeping), as a
+//!    throughput ratio of `bench_twin`'s (`disabled`), rounds alternating; the shadow outcomes
+//!    counted.
 //!
 //! # Reading the ratios
 //! Only compare numbers from one run. Everything shares the 2 cores: the read loop (one task),
@@ -82,9 +86,10 @@ use criterion::{Criterion, SamplingMode};
 use hybridstore::events::{Event, MessageReceived};
 use hybridstore::hybrid::{Hybrid, HybridConfig, SetOptions};
 use hybridstore::read::cache::{
-    config::MEMORY_BYTES_DEFAULT, CacheConfig, CacheStats, Tier, SCHEMA_VERSION,
+    config::MEMORY_BYTES_DEFAULT, CacheConfig, CacheStats, CachedValue, Tier, SCHEMA_VERSION,
 };
 use hybridstore::read::router::PgHealth;
+use hybridstore::read::shadow::Counts as ShadowCounts;
 use hybridstore::read::{
     Answer, LogSource, PgSource, Query, ReadSource as _, Routed, Router, RoutingConfig, Source,
 };
@@ -574,6 +579,8 @@ impl Fixture {
             ..SetOptions::default()
         };
         let bot = bot();
+        let backfill = self.state == MigrationState::Disabled && to > MigrationState::Disabled;
+        let db = &self.db;
         self.runtime.block_on(async {
             while self.state != to {
                 let next = if to < self.state {
@@ -591,6 +598,9 @@ impl Fixture {
             }
             if to > MigrationState::Disabled {
                 wait_caught_up(&hybrid).await;
+            }
+            if backfill {
+                vacuum_analyze(db).await;
             }
         });
         hybrid
@@ -639,6 +649,17 @@ async fn wait_caught_up(hybrid: &Hybrid) {
     );
 }
 
+/// `VACUUM ANALYZE` of the bench's database, so autovacuum (woken by the backfill's inserts)
+/// does not run in the middle of a measurement, and the planner knows the tables' sizes.
+async fn vacuum_analyze(db: &TestDb) {
+    let pool = db.pool().await;
+    sqlx::query("VACUUM ANALYZE")
+        .execute(&pool)
+        .await
+        .expect("VACUUM ANALYZE");
+    pool.close().await;
+}
+
 /// A router over `hybrid`'s store and database (no cache) that shadow-reads `rate` of the keys
 /// of `dual-write` components: the shadow comparison needs two rates in one handle.
 fn shadow_router(hybrid: &Hybrid, pool: &sqlx::PgPool, rate: f64) -> Router {
@@ -663,9 +684,7 @@ fn shadow_router(hybrid: &Hybrid, pool: &sqlx::PgPool, rate: f64) -> Router {
 
 /// Waits until `router`'s shadow reads have stopped finishing (none in flight any more), at
 /// most the shadow budget plus the Postgres timeout; returns the outcomes recorded so far.
-async fn drain_shadow(
-    router: &Router,
-) -> BTreeMap<(BotId, Component), hybridstore::read::shadow::Counts> {
+async fn drain_shadow(router: &Router) -> BTreeMap<(BotId, Component), ShadowCounts> {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut last = router.shadow_stats().local();
     loop {
@@ -845,16 +864,22 @@ fn write_load_pass(out: &mut String, pass: &LoadPass) {
     }
     let delta = |tier: Tier| {
         let (a, b) = (pass.before.total(tier), pass.after.total(tier));
-        (b.hits - a.hits, b.misses - a.misses)
+        (
+            b.hits - a.hits,
+            b.misses - a.misses,
+            b.stored - a.stored,
+            b.refused - a.refused,
+        )
     };
-    let (memory_hits, memory_misses) = delta(Tier::Memory);
-    let (redis_hits, redis_misses) = delta(Tier::Redis);
+    let (memory_hits, memory_misses, memory_stored, memory_refused) = delta(Tier::Memory);
+    let (redis_hits, redis_misses, redis_stored, redis_refused) = delta(Tier::Redis);
     let ratio = |hits: u64, misses: u64| 100.0 * hits as f64 / ((hits + misses).max(1)) as f64;
     let _ = writeln!(
         out,
         "  cache counters: tier 1 hit ratio {:.1}% ({memory_hits} hits, {memory_misses} misses); \
          tier 2 hit ratio {:.1}% of tier 1's misses ({redis_hits} hits, {redis_misses} misses); \
-         {} invalidations published",
+         {} invalidations published; puts stored/refused: tier 1 {memory_stored}/{memory_refused}, \
+         tier 2 {redis_stored}/{redis_refused}",
         ratio(memory_hits, memory_misses),
         ratio(redis_hits, redis_misses),
         pass.after.invalidations_published - pass.before.invalidations_published
@@ -902,12 +927,13 @@ fn report_shadow(fx: &mut Fixture, settings: &Settings, out: &mut String) {
     let ops = settings.shadow_ops / ROUNDS;
     let _ = writeln!(
         out,
-        "-- 3. shadow-read cost: {BOT} in dual-write (shadow_rate 0.01 / 1.0, budget and slots \
-         as default) vs {TWIN} disabled, {ROUNDS} rounds of {ops} reads each, one task --"
+        "-- 3. shadow-read cost: {BOT} in dual-write (shadow_rate 0 / 0.01 / 1.0, budget and \
+         slots as default) vs {TWIN} disabled, {ROUNDS} rounds of {ops} reads each, one task --"
     );
     let db = &fx.db;
     fx.runtime.block_on(async {
         let pool = db.config.connect_lazy();
+        let none = shadow_router(&hybrid, &pool, 0.0);
         let one = shadow_router(&hybrid, &pool, 0.01);
         let all = shadow_router(&hybrid, &pool, 1.0);
         use MigrationState::{Disabled, DualWrite};
@@ -918,31 +944,38 @@ fn report_shadow(fx: &mut Fixture, settings: &Settings, out: &mut String) {
                 routed_read(&one, query, Source::Log, Disabled).await;
             }
             for query in &bench_q {
+                routed_read(&none, query, Source::Log, DualWrite).await;
                 routed_read(&one, query, Source::Log, DualWrite).await;
                 routed_read(&all, query, Source::Log, DualWrite).await;
             }
             let component = kind.query(&bot(), 1).component();
-            let counts =
-                |stats: &BTreeMap<(BotId, Component), hybridstore::read::shadow::Counts>| {
-                    stats.get(&(bot(), component)).copied().unwrap_or_default()
-                };
+            let counts = |stats: &BTreeMap<(BotId, Component), ShadowCounts>| {
+                stats.get(&(bot(), component)).copied().unwrap_or_default()
+            };
             let before_one = counts(&drain_shadow(&one).await);
             let before_all = counts(&drain_shadow(&all).await);
-            let (mut disabled, mut dw_one, mut dw_all) =
-                (Samples::default(), Samples::default(), Samples::default());
+            let mut runs = [(); 4].map(|()| Samples::default());
             for _ in 0..ROUNDS {
-                timed_reads(&mut disabled, &one, &twin_q, ops, Source::Log, Disabled).await;
-                timed_reads(&mut dw_one, &one, &bench_q, ops, Source::Log, DualWrite).await;
+                timed_reads(&mut runs[0], &one, &twin_q, ops, Source::Log, Disabled).await;
+                timed_reads(&mut runs[1], &none, &bench_q, ops, Source::Log, DualWrite).await;
+                timed_reads(&mut runs[2], &one, &bench_q, ops, Source::Log, DualWrite).await;
                 drain_shadow(&one).await;
-                timed_reads(&mut dw_all, &all, &bench_q, ops, Source::Log, DualWrite).await;
+                timed_reads(&mut runs[3], &all, &bench_q, ops, Source::Log, DualWrite).await;
                 drain_shadow(&all).await;
             }
             let after_one = counts(&drain_shadow(&one).await);
             let after_all = counts(&drain_shadow(&all).await);
+            let [disabled, dw_none, dw_one, dw_all] = runs;
             let disabled = disabled.into_run(format!("{} disabled", kind.id()));
+            let dw_none = dw_none.into_run(format!("{} dual-write, 0%", kind.id()));
             let dw_one = dw_one.into_run(format!("{} dual-write, 1%", kind.id()));
             let dw_all = dw_all.into_run(format!("{} dual-write, 100%", kind.id()));
-            let _ = writeln!(out, "{}", disabled.line());
+            let _ = writeln!(out, "{}\n{}", disabled.line(), dw_none.line());
+            let _ = writeln!(
+                out,
+                "  throughput {:.2}x disabled (the state lookup and the sampling check alone)",
+                dw_none.ops_per_sec() / disabled.ops_per_sec()
+            );
             for (run, before, after) in [
                 (&dw_one, before_one, after_one),
                 (&dw_all, before_all, after_all),
@@ -1045,6 +1078,25 @@ fn entry_key(namespace: &str, kind: ReadKind, chat: i64) -> String {
     format!("{namespace}:v{SCHEMA_VERSION}:{BOT}:{component}:{chat}")
 }
 
+/// A tier-2 entry's value as the tier decodes it (`{position:020}v` then the JSON of the
+/// value and how many messages were cached; only the value is kept here).
+#[derive(Debug, serde::Deserialize)]
+struct TierPayload {
+    value: CachedValue,
+}
+
+/// Decodes a tier-2 entry (`{position:020}v{json}`) as the cache does on a hit: the diagnostic
+/// between a raw `GET` and a Redis hit.
+///
+/// # Panics
+/// On an entry that is not a value or does not decode.
+fn decode_entry(bytes: &[u8]) -> CachedValue {
+    assert!(bytes.get(20) == Some(&b'v'), "not a value");
+    serde_json::from_slice::<TierPayload>(&bytes[21..])
+        .expect("a cached value decodes")
+        .value
+}
+
 /// Item 1, tier 2: `bench`'s reads with tier 1 off (every one a Redis hit after one read of
 /// each key) against a raw `GET` of the same entries and the log projection, rounds
 /// alternating.
@@ -1084,8 +1136,12 @@ fn report_redis(fx: &mut Fixture, settings: &Settings, out: &mut String, summary
                 assert!(bytes.get(20) == Some(&b'v'), "{key} holds no value");
                 entry_bytes += bytes.len();
             }
-            let (mut base, mut hit, mut raw) =
-                (Samples::default(), Samples::default(), Samples::default());
+            let (mut base, mut hit, mut raw, mut decoded) = (
+                Samples::default(),
+                Samples::default(),
+                Samples::default(),
+                Samples::default(),
+            );
             for _ in 0..ROUNDS {
                 timed_reads(&mut base, &router, &twin_q, ops, Source::Log, Disabled).await;
                 timed_reads(
@@ -1106,11 +1162,29 @@ fn report_redis(fx: &mut Fixture, settings: &Settings, out: &mut String, summary
                     std::hint::black_box(bytes.expect("an entry"));
                 })
                 .await;
+                decoded
+                    .run(ops, async |i| {
+                        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&keys[i % keys.len()])
+                            .query_async(&mut conn)
+                            .await
+                            .expect("a raw GET");
+                        std::hint::black_box(decode_entry(&bytes.expect("an entry")));
+                    })
+                    .await;
             }
             let base = base.into_run(format!("{} log projection", kind.id()));
             let hit = hit.into_run(format!("{} Redis hit", kind.id()));
             let raw = raw.into_run(format!("{} raw GET (baseline)", kind.id()));
-            let _ = writeln!(out, "{}\n{}\n{}", base.line(), raw.line(), hit.line());
+            let decoded = decoded.into_run(format!("{} raw GET + decode", kind.id()));
+            let _ = writeln!(
+                out,
+                "{}\n{}\n{}\n{}",
+                base.line(),
+                raw.line(),
+                decoded.line(),
+                hit.line()
+            );
             let ratio = p99(&hit) / p99(&raw);
             let _ = writeln!(
                 out,
@@ -1184,8 +1258,8 @@ async fn raw_read_protocol(conn: &mut sqlx::PgConnection, kind: ReadKind, chat: 
 }
 
 /// Item 1, Postgres: `bench`'s reads with no cache (every one a Postgres read) against the
-/// same rows read raw (one statement; and the read's five statements) and the log projection,
-/// rounds alternating.
+/// same rows read raw (one statement; and the read's five statements), one round trip, a pool
+/// acquire, and the log projection, rounds alternating.
 fn report_postgres(fx: &mut Fixture, settings: &Settings, out: &mut String, summary: &mut Summary) {
     use sqlx::Connection as _;
     use MigrationState::{DatabaseOnly, Disabled};
@@ -1194,6 +1268,7 @@ fn report_postgres(fx: &mut Fixture, settings: &Settings, out: &mut String, summ
     let log = LogSource::new(hybrid.store().expect("a store").clone());
     let chats = fx.chats().to_vec();
     let ops = (settings.read_ops / 5 / ROUNDS).max(10);
+    fx.runtime.block_on(vacuum_analyze(&fx.db));
     let _ = writeln!(
         out,
         "-- 1c. Postgres reads ({BOT}, database-only, no cache), the same rows read raw on a \
@@ -1205,11 +1280,14 @@ fn report_postgres(fx: &mut Fixture, settings: &Settings, out: &mut String, summ
         let mut conn = sqlx::PgConnection::connect_with(&db.config.connect)
             .await
             .expect("a raw connection");
+        // A pool built as the handle's (`PgConfig::connect_lazy`): what taking a connection
+        // from it costs.
+        let acquire_pool = db.config.connect_lazy();
         for kind in ReadKind::MEASURED {
             let bench_q = kind.queries(&bot(), &chats);
             let twin_q = kind.queries(&twin(), &chats);
             warm_and_check(&router, &log, &bench_q, Source::Postgres, DatabaseOnly).await;
-            let mut runs = [(); 4].map(|()| Samples::default());
+            let mut runs = [(); 6].map(|()| Samples::default());
             for _ in 0..ROUNDS {
                 timed_reads(&mut runs[0], &router, &twin_q, ops, Source::Log, Disabled).await;
                 timed_reads(
@@ -1231,16 +1309,33 @@ fn report_postgres(fx: &mut Fixture, settings: &Settings, out: &mut String, summ
                         raw_read_protocol(&mut conn, kind, chats[i % chats.len()]).await;
                     })
                     .await;
+                runs[4]
+                    .run(ops, async |_| {
+                        sqlx::query("SELECT 1")
+                            .execute(&mut conn)
+                            .await
+                            .expect("SELECT 1");
+                    })
+                    .await;
+                runs[5]
+                    .run(ops, async |_| {
+                        drop(acquire_pool.acquire().await.expect("a pooled connection"));
+                    })
+                    .await;
             }
-            let [base, miss, raw, protocol] = runs;
+            let [base, miss, raw, protocol, round_trip, acquire] = runs;
+            let round_trip = round_trip.into_run("one round trip (SELECT 1)");
+            let acquire = acquire.into_run("pool acquire (the ping before it)");
             let base = base.into_run(format!("{} log projection", kind.id()));
             let miss = miss.into_run(format!("{} Postgres (router)", kind.id()));
             let raw = raw.into_run(format!("{} raw SELECT (baseline)", kind.id()));
             let protocol = protocol.into_run(format!("{} raw, the read's 5 stmts", kind.id()));
             let _ = writeln!(
                 out,
-                "{}\n{}\n{}\n{}",
+                "{}\n{}\n{}\n{}\n{}\n{}",
                 base.line(),
+                round_trip.line(),
+                acquire.line(),
                 raw.line(),
                 protocol.line(),
                 miss.line()
