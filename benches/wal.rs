@@ -867,6 +867,7 @@ fn main() {
     RunMode {
         quick: settings.quick,
         report: settings.latency_report,
+        filter: None,
         dir: settings.dir.clone(),
     }
     .announce("hybridstore-wal");

@@ -241,7 +241,8 @@ pub async fn append_workload(
 
 /// Appends a bot's realistic history: `chats` chats of `exchanges` exchanges each (a message in,
 /// a generated reply), a profile per chat, an analysis with facts every 10 exchanges, a user per
-/// chat; chats are written a few hundred events per append. Returns the log's end.
+/// chat; chats are written a few hundred events per append. The bot is `bench`; see
+/// [`append_chat_history_of`] for another. Returns the log's end.
 ///
 /// # Panics
 /// If an append fails.
@@ -251,13 +252,28 @@ pub async fn append_chat_history(
     exchanges: u64,
 ) -> hybridstore_wal::Position {
     let bot = BotId::new("bench").expect("valid");
+    append_chat_history_of(store, &bot, chats, exchanges).await
+}
+
+/// [`append_chat_history`] for `bot`: the same events, so two bots filled alike hold the same
+/// data under different keys (a bench compares one bot's reads from one source with the other's
+/// from another).
+///
+/// # Panics
+/// If an append fails.
+pub async fn append_chat_history_of(
+    store: &Store,
+    bot: &BotId,
+    chats: i64,
+    exchanges: u64,
+) -> hybridstore_wal::Position {
     for chat in 1..=chats {
         let at = |turn: u64| {
             Timestamp(DAY_ZERO_MS + chat * 1000 + i64::try_from(turn).unwrap_or(0) * 60_000)
         };
         store
             .append(
-                &StreamId::user(&bot, chat),
+                &StreamId::user(bot, chat),
                 ExpectedVersion::Any,
                 vec![NewEvent::new(Event::UserRegistered(UserRegistered {
                     identity: Identity {
@@ -271,7 +287,7 @@ pub async fn append_chat_history(
             )
             .await
             .expect("append");
-        let stream = StreamId::conversation(&bot, chat);
+        let stream = StreamId::conversation(bot, chat);
         let mut events = vec![NewEvent::new(Event::ProfileCreated(ProfileCreated {
             name: format!("partner {chat}"),
         }))

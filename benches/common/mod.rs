@@ -2,7 +2,7 @@
 //! (quick/test mode, the filter), the bench data directory and its file system, environment
 //! numbers, and nearest-rank latency runs for the printed reports.
 //!
-//! `benches/wal.rs` and `benches/store.rs` both use it.
+//! `benches/wal.rs`, `benches/store.rs` and `benches/read.rs` use it.
 
 #![allow(
     dead_code,
@@ -52,6 +52,8 @@ pub struct RunMode {
     /// criterion lists (`--list`), profiles (`--profile-time`), or is given a filter that is not a
     /// substring of the report's name.
     pub report: bool,
+    /// Criterion's filter (the first argument that is neither an option nor an option's value).
+    pub filter: Option<String>,
     /// The bench data directory: `HYBRIDSTORE_BENCH_DIR`, default `<repo>/target/bench-data`.
     /// Not `/tmp`: it may be tmpfs, where `fdatasync` is free.
     pub dir: PathBuf,
@@ -93,7 +95,12 @@ impl RunMode {
             || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"),
             PathBuf::from,
         );
-        RunMode { quick, report, dir }
+        RunMode {
+            quick,
+            report,
+            filter,
+            dir,
+        }
     }
 
     /// Creates the data directory and prints where it is and on what file system, flagging
