@@ -1212,3 +1212,71 @@ fn find_by_stream_event_id_and_key() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Proves migration-state transitions are visible in `dump`: each `ComponentStateChanged` with
+/// its from, to, reason and automatic flag, on the bot's stream.
+#[test]
+fn dump_shows_component_state_transitions() {
+    use hybridstore::{BotId, Component, MigrationState, Store, StoreConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(StoreConfig::new(&data)).await.unwrap();
+        let bot = BotId::new("girlbot").unwrap();
+        store
+            .set_component_state(
+                &bot,
+                Component::Users,
+                MigrationState::Enabled,
+                "ticket 1",
+                false,
+            )
+            .await
+            .unwrap();
+        store
+            .set_component_state(
+                &bot,
+                Component::Users,
+                MigrationState::Disabled,
+                "automatic rollback: test",
+                true,
+            )
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    });
+    let dumped = audit(["dump", data.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code(&dumped), Some(0), "{}", stderr(&dumped));
+    let changes: Vec<Value> = json_lines(&stdout(&dumped))
+        .into_iter()
+        .filter(|line| line["data"]["event"]["event"]["type"] == "ComponentStateChanged")
+        .collect();
+    assert_eq!(changes.len(), 2, "{}", stdout(&dumped));
+    let first = &changes[0]["data"]["event"];
+    assert_eq!(first["stream"], "bot-girlbot");
+    let data0 = &first["event"]["data"];
+    assert_eq!(
+        (
+            data0["component"].as_str(),
+            data0["from"].as_str(),
+            data0["to"].as_str(),
+            data0["reason"].as_str(),
+            data0["automatic"].as_bool()
+        ),
+        (
+            Some("users"),
+            Some("disabled"),
+            Some("enabled"),
+            Some("ticket 1"),
+            Some(false)
+        )
+    );
+    let data1 = &changes[1]["data"]["event"]["event"]["data"];
+    assert_eq!(data1["to"], "disabled");
+    assert_eq!(data1["automatic"], true);
+}
