@@ -34,6 +34,9 @@ EventLike = Union[NewEvent, Mapping[str, Any]]
 #: Connections kept open: httpx's default keeps only 20 idle, so 64 concurrent tasks would open
 #: and close connections all the time.
 DEFAULT_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=30.0)
+# The async client's pools (see ``AsyncClient.__init__``) and the limits of each.
+ASYNC_POOLS = 8
+ASYNC_POOL_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=30.0)
 
 
 class _Base:
@@ -257,18 +260,35 @@ class AsyncClient(_Base):
         limits: Optional[httpx.Limits] = None,
     ) -> None:
         super().__init__(url, token, bot, timeout, retry)
-        if transport is None:
+        # Several pools, used in turn: httpcore's async pool scans every connection it holds on
+        # each request under one lock, so one pool of 64 busy connections is slower than one
+        # connection (measured: 579 vs 758 appends/s); 8 pools of 8 are not.
+        if transport is not None:
+            transports: list[httpx.AsyncBaseTransport] = [transport]
+        else:
             uds = self._cfg.uds
-            transport = httpx.AsyncHTTPTransport(uds=uds, limits=limits or DEFAULT_LIMITS)
-        self._http = httpx.AsyncClient(
-            base_url=self._cfg.base_url,
-            headers=self._cfg.headers(),
-            timeout=timeout,
-            transport=transport,
-        )
+            per_pool = limits or ASYNC_POOL_LIMITS
+            transports = [httpx.AsyncHTTPTransport(uds=uds, limits=per_pool) for _ in range(ASYNC_POOLS)]
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=self._cfg.base_url,
+                headers=self._cfg.headers(),
+                timeout=timeout,
+                transport=t,
+            )
+            for t in transports
+        ]
+        self._next_pool = 0
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        pool = self._pools[self._next_pool]
+        self._next_pool = (self._next_pool + 1) % len(self._pools)
+        return pool
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
