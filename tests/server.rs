@@ -858,3 +858,58 @@ async fn the_cli_walks_a_live_daemon_through_every_state() {
     assert_eq!(found, expected, "every acknowledged append once");
     assert!(daemon.stop().success());
 }
+
+/// Proves the 503s of a daemon whose log refuses appends (here: closed under it, as after a
+/// failed fsync poisons it): `/readyz` says why, an append is `unavailable` and appends
+/// nothing, while `/livez` still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_refuses_appends_is_503() {
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hybrid = hybridstore::hybrid::Hybrid::open(hybridstore::hybrid::HybridConfig::new(
+        hybridstore::StoreConfig::new(dir.path()),
+    ))
+    .await
+    .unwrap();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let app = Arc::new(hybridstore::server::App {
+        hybrid: hybrid.clone(),
+        tokens: hybridstore::server::auth::Tokens::default(),
+        metrics: hybridstore::server::metrics::handle(),
+        shutdown,
+    });
+    let config = hybridstore::server::ServeConfig::new(Vec::new());
+    let routes = hybridstore::server::router(app, &config);
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let routes = routes.clone();
+        async move {
+            let response = routes.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    assert_eq!(call("GET", "/readyz", None).await.0, 200);
+    hybrid.store().unwrap().clone().close().await.unwrap();
+    let (status, body) = call("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("refuses appends"), "{body}");
+    let (status, body) = call(
+        "POST",
+        "/v1/streams/conv-bot-1/events",
+        Some(append_body(json!("any"), vec![message("x")])),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("/problems/unavailable"), "{body}");
+    assert_eq!(call("GET", "/livez", None).await.0, 200);
+}
