@@ -219,12 +219,18 @@ impl Hybrid {
                 states_poll: None,
             }));
         };
+        // Three pools: the projector's, the reads' (database-only and shadow reads), and one
+        // connection for the health probe, so that no part's load starves another's, and a busy
+        // read pool never looks like an outage to the probe.
         let pool = postgres.connect_lazy();
+        let read_pool = postgres.connect_lazy();
+        let probe_pool = postgres.connect_lazy_sized(1);
         let shadow = Arc::new(crate::read::shadow::ShadowStats::default());
         let supervisor = Supervisor::start(
             Parts {
                 store: store.clone(),
                 pool: pool.clone(),
+                probe_pool,
                 cache: cache.clone(),
                 health: health.clone(),
                 failures,
@@ -232,7 +238,7 @@ impl Hybrid {
             },
             config.supervisor.clone(),
         );
-        let pg_source = PgSource::new(pool.clone(), config.postgres_read_wait)
+        let pg_source = PgSource::new(read_pool, config.postgres_read_wait)
             .following(supervisor.watch())
             .of_log(store.log_id());
         let router = Router::new(

@@ -78,8 +78,12 @@ pub struct Supervisor {
 pub struct Parts {
     /// The store whose log the projector follows and whose states it reads.
     pub store: Store,
-    /// Postgres.
+    /// Postgres: the projector, the shadow counts, the window resets.
     pub pool: PgPool,
+    /// A pool of its own (one connection) for the health probe, so that a pool busy with the
+    /// projector or with reads never makes a healthy Postgres look down (and roll back every
+    /// `database-only` component).
+    pub probe_pool: PgPool,
     /// The cache whose entries the invalidation drops, if configured.
     pub cache: Option<Cache>,
     /// Postgres's health, shared with the router.
@@ -362,7 +366,7 @@ impl Run {
                  AND objid::bigint = ($1 & 4294967295))",
             )
             .bind(REBUILD_LOCK_KEY)
-            .fetch_one(&self.parts.pool),
+            .fetch_one(&self.parts.probe_pool),
         )
         .await;
         match answered {
@@ -409,7 +413,7 @@ impl Run {
                  AND objid::bigint = ($1 & 4294967295))",
             )
             .bind(REBUILD_LOCK_KEY)
-            .fetch_one(&self.parts.pool),
+            .fetch_one(&self.parts.probe_pool),
         )
         .await;
         if matches!(replaying, Ok(Ok(true))) {

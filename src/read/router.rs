@@ -53,7 +53,8 @@ impl Default for RoutingConfig {
         RoutingConfig {
             shadow_rate: 0.1,
             shadow_budget: Duration::from_millis(500),
-            shadow_concurrency: 64,
+            // A few: shadow reads share the read pool with the database-only reads.
+            shadow_concurrency: 8,
             postgres_timeout: Duration::from_millis(500),
         }
     }

@@ -219,9 +219,14 @@ impl PgConfig {
     /// A pool that connects when first used: for a store that must serve from the log while
     /// Postgres is down at its start (each use then fails, and is retried, on its own).
     pub fn connect_lazy(&self) -> PgPool {
+        self.connect_lazy_sized(self.pool_max)
+    }
+
+    /// [`PgConfig::connect_lazy`] with at most `connections` connections.
+    pub fn connect_lazy_sized(&self, connections: u32) -> PgPool {
         PgPoolOptions::new()
             .min_connections(0)
-            .max_connections(self.pool_max)
+            .max_connections(connections.max(1))
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(self.connect.clone())
     }
