@@ -984,3 +984,93 @@ async fn a_replica_sharing_redis_never_serves_an_invalidated_value() {
     replica.close().await.unwrap();
     hybrid.close().await.unwrap();
 }
+
+/// Proves one slow Postgres read (its table locked by another session) is answered by the log
+/// projection without rolling anything back, since the health check still answers; and the
+/// read after the lock is released is Postgres's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_read_rolls_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create("mig_slow").await;
+    let hybrid = open(dir.path(), Some(&db), 0).await;
+    let created = create_profile(&hybrid, 4, "Ann").await;
+    for to in [Enabled, DualWrite, DatabaseOnly] {
+        step(&hybrid, Component::Profiles, to).await;
+    }
+    let query = Query::Profile {
+        bot: bot(),
+        chat_id: 4,
+    };
+    let read = hybrid.reads().read(&query, Some(created)).await.unwrap();
+    assert_eq!(read.source, Source::Postgres);
+    let pool = db.pool().await;
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE profiles IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let slow = hybrid.reads().read(&query, None).await.unwrap();
+    assert_eq!(slow.source, Source::Log, "answered by the log projection");
+    eventually("the health check clears Postgres again", async || {
+        hybrid.reads().health().is_up()
+    })
+    .await;
+    assert_eq!(state(&hybrid, Component::Profiles).await, DatabaseOnly);
+    locker.rollback().await.unwrap();
+    let read = hybrid.reads().read(&query, None).await.unwrap();
+    assert_eq!(read.source, Source::Postgres);
+    assert_eq!(state(&hybrid, Component::Profiles).await, DatabaseOnly);
+    hybrid.close().await.unwrap();
+}
+
+/// Proves a projector stopped for good (an event Postgres refuses: a configuration key too
+/// long for its index) rolls the database-only components back, naming the stop, instead of
+/// serving Postgres's answers frozen at the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_projector_rolls_back() {
+    use rand::{Rng as _, SeedableRng as _};
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create("mig_stopped").await;
+    let hybrid = open(dir.path(), Some(&db), 0).await;
+    create_profile(&hybrid, 4, "Ann").await;
+    for to in [Enabled, DualWrite, DatabaseOnly] {
+        step(&hybrid, Component::Profiles, to).await;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let key: String = (0..20_000)
+        .map(|_| char::from(rng.gen_range(b'!'..=b'~')))
+        .collect();
+    hybrid
+        .store()
+        .unwrap()
+        .append(
+            &StreamId::bot(&bot()),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(Event::ConfigValueSet(
+                hybridstore::events::ConfigValueSet {
+                    scope: "global".into(),
+                    key,
+                    value: hybridstore::testing::json_text(serde_json::json!(1)),
+                },
+            ))],
+        )
+        .await
+        .unwrap();
+    eventually("the automatic rollback", async || {
+        state(&hybrid, Component::Profiles).await == DualWrite
+    })
+    .await;
+    let history = hybrid
+        .store()
+        .unwrap()
+        .component_history(&bot(), Component::Profiles, 1)
+        .await
+        .unwrap();
+    assert!(history[0].change.automatic);
+    assert!(
+        history[0].change.reason.contains("projector stopped"),
+        "{}",
+        history[0].change.reason
+    );
+    hybrid.close().await.unwrap();
+}

@@ -148,8 +148,9 @@ fn problem_type(response: &HttpResponse) -> String {
 }
 
 /// Proves every route's answer and every error status: appends (positions and version, 409 with
-/// the actual version, 422 for a key reused on other events, 400 naming the field, 413 over the
-/// body limit, nothing appended on any error), stream and log reads (long poll included), the
+/// the actual version, 422 for a key reused on other events, 400 naming the field or a body that
+/// is not JSON, 413 over the body limit, nothing appended on any error), a `Last-Event-ID` past
+/// the last position, stream and log reads (long poll included), the
 /// typed reads, the migration routes, the tokens (none, wrong, a read token writing, a write token
 /// on an admin route), the Unix socket, /livez, /readyz, /metrics and an unknown route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,6 +241,34 @@ async fn every_route_and_error() {
         assert_eq!(problem_type(&refused), "/problems/bad-request");
         assert_eq!(refused.json()["field"], field, "{refused:?}");
     }
+    // A POST that is not JSON is refused (a browser page could send it without a preflight).
+    let auth = format!("Bearer {WRITE}");
+    let body = append_body(json!("any"), vec![message("x")]).to_string();
+    let plain = http(
+        &daemon.tcp,
+        "POST",
+        stream,
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        Some(body.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, 400, "{plain:?}");
+    assert_eq!(plain.json()["field"], "Content-Type");
+    let read_auth = format!("Bearer {READ}");
+    let overflow = http(
+        &daemon.tcp,
+        "GET",
+        "/v1/subscribe",
+        &[
+            ("Authorization", &read_auth),
+            ("Last-Event-ID", "18446744073709551615"),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(overflow.status, 400, "{overflow:?}");
     let bad_stream = daemon
         .call(
             "POST",

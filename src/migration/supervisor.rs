@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::ids::{BotId, Component, ComponentSet, MigrationState};
+use crate::migration::{SetStateError, TransitionError};
 use crate::read::cache::Cache;
 use crate::read::router::{PgFailure, PgHealth};
 use crate::read::shadow::{self, ShadowStats};
@@ -208,7 +209,9 @@ impl Run {
                 () = kick.notified() => {}
                 () = tokio::time::sleep(self.config.poll) => {}
                 Some(failure) = self.parts.failures.recv() => {
-                    self.on_failure(&failure.reason, Some(failure.component)).await;
+                    // Failures queued meanwhile are the same outage: act once.
+                    while self.parts.failures.try_recv().is_ok() {}
+                    self.on_read_failure(&failure).await;
                 }
             }
         }
@@ -236,6 +239,7 @@ impl Run {
             }
         };
         self.reconcile(&states).await;
+        self.check_stopped().await;
         self.reset_windows(&states).await;
         if let Err(error) = self.parts.shadow.flush(&self.parts.pool).await {
             tracing::debug!(%error, "supervisor: shadow outcomes not flushed yet");
@@ -259,7 +263,9 @@ impl Run {
                 wanted = wanted.with(*component);
             }
         }
-        if !wanted.is_empty() {
+        // Configuration (with the `component_states` table a replica routes by) is projected
+        // once any state was ever set, so a step back to `disabled` reaches the table too.
+        if !states.is_empty() {
             wanted = wanted.with(Component::Configuration);
         }
         let current = self.running.as_ref().map(|r| r.components);
@@ -330,6 +336,26 @@ impl Run {
         });
     }
 
+    /// A projector (or invalidation) stopped for good serves nothing new: Postgres's answers
+    /// would stay at its stop. Reads go to the log projection and `database-only` components
+    /// roll back, as for an outage; the next change of the wanted set starts it again.
+    async fn check_stopped(&mut self) {
+        let stopped = self.running.as_ref().and_then(|running| {
+            let projector = running.projector.status().stopped;
+            let invalidation = running
+                .invalidation
+                .as_ref()
+                .and_then(|i| i.status().stopped);
+            projector
+                .map(|r| format!("the Postgres projector stopped: {r}"))
+                .or_else(|| invalidation.map(|r| format!("the cache invalidation stopped: {r}")))
+        });
+        if let Some(reason) = stopped {
+            self.parts.health.set_down_quietly();
+            self.on_failure(&reason, None).await;
+        }
+    }
+
     /// Starts a fresh shadow window for each component that entered `dual-write`.
     async fn reset_windows(&mut self, states: &BTreeMap<(BotId, Component), MigrationState>) {
         for ((bot, component), state) in states {
@@ -393,6 +419,25 @@ impl Run {
         }
     }
 
+    /// A read failed: reads already go to the log projection (the router marked Postgres down).
+    /// A probe decides whether Postgres is failing (roll back) or the read was slow alone (mark
+    /// it up again): one slow read must not roll back every `database-only` component.
+    async fn on_read_failure(&mut self, failure: &PgFailure) {
+        let answered = tokio::time::timeout(
+            self.config.probe_timeout,
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.parts.probe_pool),
+        )
+        .await;
+        if matches!(answered, Ok(Ok(_))) {
+            tracing::info!(component = %failure.component, reason = %failure.reason,
+                "a Postgres read failed but the health check answers: no rollback");
+            self.parts.health.set_up();
+            return;
+        }
+        self.on_failure(&failure.reason, Some(failure.component))
+            .await;
+    }
+
     async fn probe_failed(&mut self, reason: &str) {
         self.probe_failures += 1;
         if self.probe_failures >= self.config.failures_to_trip.max(1) {
@@ -438,25 +483,39 @@ impl Run {
                 }
                 None => format!("automatic rollback: {reason}"),
             };
-            match self
-                .parts
-                .store
-                .set_component_state(&bot, c, MigrationState::DualWrite, &why, true)
-                .await
-            {
-                Ok(_) => tracing::warn!(bot = %bot, component = %c, %why,
-                    "rolled back to dual-write"),
-                Err(error) => tracing::warn!(bot = %bot, component = %c, %error,
-                    "automatic rollback not recorded"),
+            // A configuration write to the bot stream between reading the state and appending
+            // makes the transition race: try again (the step is checked anew each time).
+            for attempt in 1..=5 {
+                match self
+                    .parts
+                    .store
+                    .set_component_state(&bot, c, MigrationState::DualWrite, &why, true)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::warn!(bot = %bot, component = %c, %why, "rolled back to dual-write");
+                        break;
+                    }
+                    Err(SetStateError::Refused(TransitionError::Raced { .. })) if attempt < 5 => {}
+                    Err(error) => {
+                        tracing::warn!(bot = %bot, component = %c, %error,
+                            "automatic rollback not recorded");
+                        break;
+                    }
+                }
             }
         }
     }
 }
 
+/// How long a stopping sink's step may run on (a commit to a Postgres that stopped answering
+/// would otherwise hold the supervisor, or the daemon's stop, until TCP gives up).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 async fn stop_running(running: Running) {
     if let Some(invalidation) = running.invalidation {
-        invalidation.stop().await;
+        invalidation.stop_within(STOP_GRACE).await;
     }
-    running.projector.stop().await;
+    running.projector.stop_within(STOP_GRACE).await;
     running.forward.abort();
 }

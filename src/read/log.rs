@@ -25,6 +25,11 @@ impl LogSource {
         LogSource { store }
     }
 
+    /// The store it reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     async fn read<T>(
         &self,
         min_position: Option<Position>,

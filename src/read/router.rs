@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::cache::{Cache, CacheKey, CachedValue, Tier};
 use super::shadow::{self, Mismatch, Outcome, ShadowStats};
 use super::{LogSource, PgSource, Read, ReadError, ReadResult, ReadSource};
-use crate::ids::{BotId, Component, MigrationState, Timestamp};
+use crate::ids::{BotId, Component, MigrationState, StreamId, Timestamp};
 use crate::projection::{ConversationHead, DailyCounters, MessageView, ProfileDocument, UserView};
 
 /// How the router reads.
@@ -215,6 +215,23 @@ impl Query {
             Query::Config { scope, key, .. } => format!("config {scope}/{key}"),
             Query::Daily { day, .. } => format!("day {day}"),
         }
+    }
+
+    /// The streams whose events alone can change the answer (a conversation's, and its user's:
+    /// erasing the user clears the profile and the conversation), or `None` when events of any
+    /// stream can (a day's analytics).
+    fn streams(&self) -> Option<Vec<StreamId>> {
+        Some(match self {
+            Query::User { bot, user_id } => vec![StreamId::user(bot, *user_id)],
+            Query::Profile { bot, chat_id }
+            | Query::Head { bot, chat_id }
+            | Query::Messages { bot, chat_id, .. } => vec![
+                StreamId::conversation(bot, *chat_id),
+                StreamId::user(bot, *chat_id),
+            ],
+            Query::Config { bot, .. } => vec![StreamId::bot(bot)],
+            Query::Daily { .. } => return None,
+        })
     }
 
     fn cache_key(&self, messages_cached: usize) -> Option<CacheKey> {
@@ -601,7 +618,9 @@ impl Router {
                 Ok(Err(_)) => return (Outcome::Error, None),
                 Ok(Ok(pg)) => pg,
             };
-            if pg.applied_end > log.applied_end {
+            let mut comparable = pg.applied_end == log.applied_end
+                || self.settled(log_source, query, log.applied_end, pg.applied_end);
+            if !comparable && pg.applied_end > log.applied_end {
                 // Postgres moved past the log's answer: ask the log again at Postgres's position.
                 let min = pg.applied_end.0.checked_sub(1).map(Position);
                 match tokio::time::timeout(left, query.run(log_source, min)).await {
@@ -611,8 +630,10 @@ impl Router {
                     }
                     _ => return (Outcome::Lagging, None),
                 }
+                comparable = pg.applied_end == log.applied_end
+                    || self.settled(log_source, query, log.applied_end, pg.applied_end);
             }
-            if pg.applied_end == log.applied_end {
+            if comparable {
                 if pg.value == log.answer {
                     return (Outcome::Match, None);
                 }
@@ -628,6 +649,21 @@ impl Router {
             }
             // The log moved on again while Postgres was read: try once more at its position.
         }
+    }
+
+    /// Whether answers at `a` and at `b` reflect the same events of `query`'s entry: every
+    /// event of the streams that can change it is below both positions. An event the log had
+    /// applied at its answer was appended before this check, so the streams' last positions,
+    /// read now, cover it.
+    fn settled(&self, log: &LogSource, query: &Query, a: Position, b: Position) -> bool {
+        let Some(streams) = query.streams() else {
+            return false;
+        };
+        streams.iter().all(|stream| {
+            log.store()
+                .stream_head(stream)
+                .is_none_or(|(_, last)| super::reached(a, last) && super::reached(b, last))
+        })
     }
 
     async fn database_only(
@@ -677,6 +713,10 @@ impl Router {
             };
         let failure = match tokio::time::timeout(wait, fill.run(postgres, min_position)).await {
             Ok(Ok(read)) => {
+                // A replica has no supervisor probing for it: an answer is its health check.
+                if inner.log.is_none() {
+                    inner.health.set_up();
+                }
                 if let (Some(cache), Some(key)) = (&inner.cache, cache_key) {
                     cache
                         .put(key, read.value.clone().into_cached(), read.applied_end)

@@ -153,32 +153,34 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
             get(routes::component_state),
         )
         .route("/v1/migrations", get(routes::migrations))
-        .route(
-            "/v1/migrations/{bot}/{component}",
-            post(routes::set_migration),
-        )
         .route("/livez", get(routes::livez))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             config.request_timeout,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.concurrency_max.max(1),
         ));
-    // Subscriptions and long polls last as long as they must; the stop signal ends them.
-    let streaming = Router::new()
+    // Subscriptions and long polls last as long as they must (the stop signal ends them) and
+    // hold no slot of the concurrency bound; a transition waits for its guard (`wait_s`, at
+    // most 600 s) and must not be cut after its event landed.
+    let untimed = Router::new()
         .route("/v1/all", get(routes::read_all))
-        .route("/v1/subscribe", get(routes::subscribe));
+        .route("/v1/subscribe", get(routes::subscribe))
+        .route(
+            "/v1/migrations/{bot}/{component}",
+            post(routes::set_migration),
+        );
     timed
-        .merge(streaming)
+        .merge(untimed)
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            config.concurrency_max.max(1),
-        ))
         .with_state(app)
 }
 
@@ -222,6 +224,24 @@ pub async fn serve(
         shutdown: stop_rx.clone(),
     });
     let routes = router(app, &config);
+    match listen_all(&config, routes, &stop_rx).await {
+        Ok(servers) => finish(hybrid, &config, shutdown, stop_tx, servers).await,
+        Err(error) => {
+            // Nothing was served: close the log cleanly all the same.
+            if let Err(close) = hybrid.close().await {
+                tracing::warn!(error = %crate::error::one_line(&close), "closing after a failed start");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Binds every listener and starts serving on each.
+async fn listen_all(
+    config: &ServeConfig,
+    routes: Router,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinSet<std::io::Result<()>>, ServeError> {
     let mut servers = tokio::task::JoinSet::new();
     for listen in &config.listen {
         let mut stopped = stop_rx.clone();
@@ -263,6 +283,17 @@ pub async fn serve(
             }
         }
     }
+    Ok(servers)
+}
+
+/// Waits for `shutdown`, then stops (see the module docs).
+async fn finish(
+    hybrid: Hybrid,
+    config: &ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop_tx: watch::Sender<bool>,
+    mut servers: tokio::task::JoinSet<std::io::Result<()>>,
+) -> Result<(), ServeError> {
     shutdown.await;
     tracing::info!("stopping: no new connections; in-flight requests finish");
     let _ = stop_tx.send(true);
@@ -310,7 +341,12 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener
             ));
         }
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // Bound under a temporary name, made 0600, then renamed into place: the socket never
+    // appears at `path` with the umask's wider mode.
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    let listener = tokio::net::UnixListener::bind(&temporary)?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&temporary, path)?;
     Ok(listener)
 }

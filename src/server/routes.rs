@@ -51,6 +51,24 @@ fn bot_of(text: &str) -> Result<BotId, Problem> {
     BotId::new(text).map_err(|e| Problem::bad_request("bot", e.to_string()))
 }
 
+/// A POST must say its body is JSON: a browser page can send other types without asking the
+/// server first (no CORS preflight), and with no token configured that would let any page open
+/// on the machine append to the log.
+fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "Content-Type",
+            "a POST body must be sent as Content-Type: application/json",
+        ))
+    }
+}
+
 /// `POST /v1/streams/{stream}/events`.
 pub async fn append(
     State(app): State<Arc<App>>,
@@ -59,6 +77,7 @@ pub async fn append(
     body: Bytes,
 ) -> Answer {
     app.tokens.check(&headers, Access::Write)?;
+    require_json(&headers)?;
     let store = store_of(&app)?;
     let stream = stream_of(&stream)?;
     let body: Value = serde_json::from_slice(&body)
@@ -259,7 +278,9 @@ pub async fn subscribe(
         None => None,
     };
     let from = match resume {
-        Some(last) => Position(last + 1),
+        Some(last) => Position(last.checked_add(1).ok_or_else(|| {
+            Problem::bad_request("Last-Event-ID", "past the last possible position")
+        })?),
         None => Position(query.from.unwrap_or(0)),
     };
     let subscription = store.subscribe(from)?;
@@ -451,6 +472,7 @@ pub async fn set_migration(
     body: Bytes,
 ) -> Answer {
     app.tokens.check(&headers, Access::Admin)?;
+    require_json(&headers)?;
     let bot = bot_of(&bot)?;
     let component: Component = component
         .parse()

@@ -231,6 +231,24 @@ impl SinkHandle {
             let _ = task.await;
         }
     }
+
+    /// [`SinkHandle::stop`], but a step still running after `grace` (a commit to a backend that
+    /// stopped answering) is aborted: its batch was not committed, and the next runner applies it
+    /// again from the sink's cursors.
+    pub async fn stop_within(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                tracing::warn!(
+                    sink = self.status.borrow().sink,
+                    ?grace,
+                    "a sink step outlived the stop's grace; aborted"
+                );
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
 }
 
 impl Drop for SinkHandle {
