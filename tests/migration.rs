@@ -135,6 +135,21 @@ async fn message(hybrid: &Hybrid, chat: i64, text: &str) -> Position {
         .last_position
 }
 
+/// Waits (at most 60 s) until the projector has committed `position` for every component it
+/// runs (a backfill on a loaded machine takes a while).
+async fn projected_past(hybrid: &Hybrid, position: Position) {
+    let mut status = hybrid.supervisor().unwrap().watch();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| {
+            !s.components.is_empty() && s.components.values().all(|c| c.committed > position)
+        }),
+    )
+    .await
+    .expect("the projector caught up within 60 s")
+    .unwrap();
+}
+
 /// Waits (at most 30 s) until `condition` holds, looking every 10 ms.
 async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut condition: F) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -473,6 +488,8 @@ async fn postgres_outage_rolls_back_without_failing_a_read() {
     step(&hybrid, Component::Profiles, Enabled).await;
     step(&hybrid, Component::Profiles, DualWrite).await;
     step(&hybrid, Component::Profiles, DatabaseOnly).await;
+    let settled = hybrid.store().unwrap().last_position().unwrap();
+    projected_past(&hybrid, settled).await;
     let read = hybrid
         .reads()
         .read(
@@ -940,6 +957,7 @@ async fn a_replica_sharing_redis_never_serves_an_invalidated_value() {
     )
     .await
     .unwrap();
+    projected_past(&hybrid, created).await;
     let query = Query::Profile {
         bot: bot(),
         chat_id: 11,
@@ -997,6 +1015,7 @@ async fn one_slow_read_rolls_nothing_back() {
     for to in [Enabled, DualWrite, DatabaseOnly] {
         step(&hybrid, Component::Profiles, to).await;
     }
+    projected_past(&hybrid, created).await;
     let query = Query::Profile {
         bot: bot(),
         chat_id: 4,

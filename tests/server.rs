@@ -673,16 +673,29 @@ async fn replica_and_project_beside_a_daemon() {
             .await;
         assert_eq!(moved.status, 200, "{moved:?}");
     }
-    let from_daemon = daemon
-        .call(
-            "GET",
-            &format!("/v1/bots/bot/profiles/3?min_position={position}"),
-            Some(READ),
-            None,
-        )
-        .await
-        .json();
-    assert_eq!(from_daemon["source"], "postgres", "{from_daemon}");
+    // Answered by Postgres once the projector's backfill has passed the append (the log
+    // projection answers until then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let from_daemon = daemon
+            .call(
+                "GET",
+                &format!("/v1/bots/bot/profiles/3?min_position={position}"),
+                Some(READ),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(from_daemon["value"]["name"], "Ann", "{from_daemon}");
+        if from_daemon["source"] == "postgres" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered by Postgres: {from_daemon}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let project = Command::new(BIN)
         .arg("--data-dir")

@@ -937,6 +937,19 @@ async fn routed_reads_survive_a_swap() {
         }
     }
     let last = store.last_position().unwrap();
+    // The projector backfills both components first: the first read is Postgres's once it has.
+    let mut projected = hybrid.supervisor().unwrap().watch();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        projected.wait_for(|s| {
+            [Component::Profiles, Component::Conversations]
+                .iter()
+                .all(|c| s.components.get(c).is_some_and(|c| c.committed > last))
+        }),
+    )
+    .await
+    .expect("the projector caught up within 60 s")
+    .unwrap();
     let routed = hybrid
         .reads()
         .read(
