@@ -13,6 +13,7 @@ use hybridstore::hybrid::{Hybrid, HybridConfig, HybridError, SetOptions};
 use hybridstore::migration::TransitionError;
 use hybridstore::read::shadow::{self, WindowRule};
 use hybridstore::read::{Query, ReadSource, Source};
+use hybridstore::sink::postgres::PgConfig;
 use hybridstore::testing::{TcpProxy, TestDb};
 use hybridstore::{
     BotId, Component, ExpectedVersion, MigrationState, NewEvent, StoreConfig, StreamId,
@@ -25,11 +26,11 @@ fn bot() -> BotId {
     BotId::new("mig").unwrap()
 }
 
-/// A handle on `dir` with Postgres at `db` (or none), shadow-reading every key, and a window of
-/// `reads_min` matches and no minimum time.
-async fn open(dir: &std::path::Path, db: Option<&TestDb>, reads_min: u64) -> Hybrid {
+/// The tests' configuration: Postgres `postgres` (or none), shadow-reading every key, a window
+/// of `reads_min` matches and no minimum time, fast supervisor rounds and short timeouts.
+fn test_config(dir: &std::path::Path, postgres: Option<PgConfig>, reads_min: u64) -> HybridConfig {
     let mut config = HybridConfig::new(StoreConfig::new(dir));
-    config.postgres = db.map(|db| db.config.clone());
+    config.postgres = postgres;
     config.routing.shadow_rate = 1.0;
     config.window = WindowRule {
         reads_min,
@@ -37,8 +38,24 @@ async fn open(dir: &std::path::Path, db: Option<&TestDb>, reads_min: u64) -> Hyb
     };
     config.supervisor.poll = Duration::from_millis(20);
     config.supervisor.health_interval = Duration::from_millis(100);
-    config.supervisor.probe_timeout = Duration::from_millis(300);
-    config.routing.postgres_timeout = Duration::from_millis(300);
+    // Generous: a timeout is a failure (a rollback), and a loaded CI machine is slow, not down;
+    // the outages here are cut connections, which fail at once.
+    config.supervisor.probe_timeout = Duration::from_secs(2);
+    config.routing.postgres_timeout = Duration::from_secs(2);
+    config
+}
+
+/// Routing for the replicas of these tests (timeouts as [`test_config`]'s).
+fn replica_routing() -> hybridstore::read::RoutingConfig {
+    hybridstore::read::RoutingConfig {
+        postgres_timeout: Duration::from_secs(2),
+        ..hybridstore::read::RoutingConfig::default()
+    }
+}
+
+/// A handle on `dir` with Postgres at `db` (or none), configured as [`test_config`].
+async fn open(dir: &std::path::Path, db: Option<&TestDb>, reads_min: u64) -> Hybrid {
+    let config = test_config(dir, db.map(|db| db.config.clone()), reads_min);
     Hybrid::open(config).await.expect("the store opens")
 }
 
@@ -49,22 +66,12 @@ async fn open_through(
     proxy: &TcpProxy,
     reads_min: u64,
 ) -> Hybrid {
-    let mut config = HybridConfig::new(StoreConfig::new(dir));
     let mut pg = db.config.clone();
     pg.connect = pg
         .connect
         .host(&proxy.addr.ip().to_string())
         .port(proxy.addr.port());
-    config.postgres = Some(pg);
-    config.routing.shadow_rate = 1.0;
-    config.window = WindowRule {
-        reads_min,
-        duration_min: Duration::ZERO,
-    };
-    config.supervisor.poll = Duration::from_millis(20);
-    config.supervisor.health_interval = Duration::from_millis(100);
-    config.supervisor.probe_timeout = Duration::from_millis(300);
-    config.routing.postgres_timeout = Duration::from_millis(300);
+    let mut config = test_config(dir, Some(pg), reads_min);
     config.postgres_read_wait = Duration::from_millis(300);
     Hybrid::open(config).await.expect("the store opens")
 }
@@ -720,7 +727,7 @@ async fn a_replica_serves_database_only_components() {
     let replica = Hybrid::open_replica(
         &db.config,
         None,
-        hybridstore::read::RoutingConfig::default(),
+        replica_routing(),
         Duration::from_millis(20),
     )
     .await
@@ -952,7 +959,7 @@ async fn a_replica_sharing_redis_never_serves_an_invalidated_value() {
     let replica = Hybrid::open_replica(
         &db.config,
         Some(namespace.config(Some(&url), true)),
-        hybridstore::read::RoutingConfig::default(),
+        replica_routing(),
         Duration::from_millis(20),
     )
     .await
