@@ -1100,3 +1100,59 @@ async fn a_stopped_projector_rolls_back() {
     );
     hybrid.close().await.unwrap();
 }
+
+/// Proves a `database-only` component whose projector is held back (here: its commits blocked,
+/// as another component's backfill would hold it) is answered by the log projection once it is
+/// more than `lag_max_events` behind, so no read returns an answer that far out of date; and by
+/// Postgres again once it has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_far_behind_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create("mig_behind").await;
+    let mut config = test_config(dir.path(), Some(db.config.clone()), 0);
+    config.routing.lag_max_events = 5;
+    let hybrid = Hybrid::open(config).await.unwrap();
+    let created = create_profile(&hybrid, 6, "Ann").await;
+    for to in [Enabled, DualWrite, DatabaseOnly] {
+        step(&hybrid, Component::Profiles, to).await;
+    }
+    projected_past(&hybrid, created).await;
+    let query = Query::Profile {
+        bot: bot(),
+        chat_id: 6,
+    };
+    let read = hybrid.reads().read(&query, None).await.unwrap();
+    assert_eq!(read.source, Source::Postgres);
+    let pool = db.pool().await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE projector_checkpoints IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        message(&hybrid, 7, &format!("m{i}")).await;
+    }
+    let renamed = rename(&hybrid, 6, "Bea").await;
+    // Wait until the log projection has the rename (a read of the log at it), then read with no
+    // `min_position`: Postgres is 11 events behind, over the bound.
+    log_applied(&hybrid, renamed).await;
+    let read = hybrid.reads().read(&query, None).await.unwrap();
+    assert_eq!(read.source, Source::Log, "{read:?}");
+    match &read.answer {
+        hybridstore::read::Answer::Profile(Some(p)) => assert_eq!(p.name, "Bea"),
+        other => panic!("{other:?}"),
+    }
+    blocker.rollback().await.unwrap();
+    projected_past(&hybrid, renamed).await;
+    let read = hybrid.reads().read(&query, None).await.unwrap();
+    assert_eq!(read.source, Source::Postgres);
+    hybrid.close().await.unwrap();
+}
+
+/// Waits until the log projection has applied `position`.
+async fn log_applied(hybrid: &Hybrid, position: Position) {
+    hybridstore::read::LogSource::new(hybrid.store().unwrap().clone())
+        .component_state(&bot(), Component::Profiles, Some(position))
+        .await
+        .unwrap();
+}

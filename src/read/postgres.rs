@@ -54,6 +54,19 @@ impl PgSource {
         self
     }
 
+    /// How far behind `durable_end` the followed sink has committed `component`, when a sink in
+    /// this process is followed and has loaded its checkpoints (`None`: not known here).
+    pub fn lag(&self, component: Component, durable_end: Position) -> Option<u64> {
+        let status = self.sink.as_ref()?.borrow();
+        if !status.loaded {
+            return None;
+        }
+        status
+            .components
+            .get(&component)
+            .map(|c| c.lag(durable_end))
+    }
+
     /// How long a read with `min_position` waits for the checkpoint.
     pub fn wait_max(&self) -> Duration {
         self.wait_max

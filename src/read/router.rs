@@ -46,6 +46,10 @@ pub struct RoutingConfig {
     /// A `database-only` read that Postgres has not answered in this time is answered by the log
     /// projection (and counts as a Postgres failure).
     pub postgres_timeout: Duration,
+    /// A `database-only` component whose projector is more than this many durable events behind
+    /// (held back by another component's backfill, or by a slow Postgres) is answered by the log
+    /// projection: Postgres's answer, and the cache's, would be that far out of date.
+    pub lag_max_events: u64,
 }
 
 impl Default for RoutingConfig {
@@ -56,6 +60,7 @@ impl Default for RoutingConfig {
             // A few: shadow reads share the read pool with the database-only reads.
             shadow_concurrency: 8,
             postgres_timeout: Duration::from_millis(500),
+            lag_max_events: 1000,
         }
     }
 }
@@ -676,8 +681,11 @@ impl Router {
         let Some(postgres) = &inner.postgres else {
             return self.answer_from_log(query, min_position, STATE).await;
         };
-        if !inner.health.is_up() && inner.log.is_some() {
-            return self.answer_from_log(query, min_position, STATE).await;
+        if let Some(log) = &inner.log {
+            let lag = postgres.lag(query.component(), log.store().durable_end());
+            if !inner.health.is_up() || lag.is_some_and(|lag| lag > inner.config.lag_max_events) {
+                return self.answer_from_log(query, min_position, STATE).await;
+            }
         }
         // A conversation is cached as its last `messages_cached` messages; a read of more
         // bypasses the cache.
