@@ -132,6 +132,9 @@ struct Pending {
 pub struct ShadowStats {
     pending: Mutex<BTreeMap<(BotId, Component), Pending>>,
     totals: Mutex<BTreeMap<(BotId, Component), Counts>>,
+    /// One flush at a time: a flush returns only once every outcome recorded before it is in
+    /// the table, even when another flush (the supervisor's) had taken them first.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl ShadowStats {
@@ -199,6 +202,7 @@ impl ShadowStats {
     /// # Errors
     /// The database error.
     pub async fn flush(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.flushing.lock().await;
         let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut failed = None;
         let mut unwritten = BTreeMap::new();
