@@ -15,6 +15,7 @@
 //! - [`postgres`]: [`PgSource`], point reads from the Postgres read models.
 //! - [`cache`]: [`cache::Cache`], the two cache tiers (memory, Redis) in front of Postgres,
 //!   values kept with the position they reflect, invalidated by floors.
+//! - [`query`]: [`Query`] and [`Answer`], one typed read as a value.
 //! - [`router`]: [`Router`], which picks the source of each read by its component's migration
 //!   state, shadow-reads in `dual-write` ([`shadow`]), and falls back to the log projection when
 //!   Postgres fails.
@@ -22,6 +23,7 @@
 pub mod cache;
 pub mod log;
 pub mod postgres;
+pub mod query;
 pub mod router;
 pub mod shadow;
 
@@ -37,7 +39,8 @@ use crate::StoreError;
 
 pub use log::LogSource;
 pub use postgres::PgSource;
-pub use router::{Answer, Query, Routed, Router, RoutingConfig, Source};
+pub use query::{Answer, Query};
+pub use router::{Routed, Router, RoutingConfig, Source};
 
 /// Whether a source whose applied end is `applied_end` (every event below it applied) has
 /// applied the event at `min_position`.
