@@ -91,55 +91,39 @@ async fn proxy_to(db: &TestDb) -> TcpProxy {
     TcpProxy::start(target).await
 }
 
-async fn create_profile(hybrid: &Hybrid, chat: i64, name: &str) -> Position {
+/// Appends `event` to conversation `chat`'s stream; its position.
+async fn append_to(hybrid: &Hybrid, chat: i64, event: Event) -> Position {
     hybrid
         .store()
         .unwrap()
         .append(
             &StreamId::conversation(&bot(), chat),
             ExpectedVersion::Any,
-            vec![NewEvent::new(Event::ProfileCreated(ProfileCreated {
-                name: name.into(),
-            }))],
+            vec![NewEvent::new(event)],
         )
         .await
         .unwrap()
         .last_position
+}
+
+async fn create_profile(hybrid: &Hybrid, chat: i64, name: &str) -> Position {
+    let name = name.into();
+    append_to(hybrid, chat, Event::ProfileCreated(ProfileCreated { name })).await
 }
 
 async fn rename(hybrid: &Hybrid, chat: i64, name: &str) -> Position {
-    hybrid
-        .store()
-        .unwrap()
-        .append(
-            &StreamId::conversation(&bot(), chat),
-            ExpectedVersion::Any,
-            vec![NewEvent::new(Event::ProfileRenamed(ProfileRenamed {
-                name: name.into(),
-            }))],
-        )
-        .await
-        .unwrap()
-        .last_position
+    let name = name.into();
+    append_to(hybrid, chat, Event::ProfileRenamed(ProfileRenamed { name })).await
 }
 
 async fn message(hybrid: &Hybrid, chat: i64, text: &str) -> Position {
-    hybrid
-        .store()
-        .unwrap()
-        .append(
-            &StreamId::conversation(&bot(), chat),
-            ExpectedVersion::Any,
-            vec![NewEvent::new(Event::MessageReceived(MessageReceived {
-                telegram_message_id: None,
-                text: text.into(),
-                content_type: "text".into(),
-                legacy_ts: None,
-            }))],
-        )
-        .await
-        .unwrap()
-        .last_position
+    let received = MessageReceived {
+        telegram_message_id: None,
+        text: text.into(),
+        content_type: "text".into(),
+        legacy_ts: None,
+    };
+    append_to(hybrid, chat, Event::MessageReceived(received)).await
 }
 
 /// Waits (at most 60 s) until the projector has committed `position` for every component it
