@@ -97,6 +97,30 @@ impl ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// Refuses what cannot be served: no listener, or an address other machines reach while no
+    /// token is configured. (Warns when serving without tokens.)
+    ///
+    /// # Errors
+    /// [`ServeError::Config`] saying what to change.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if self.listen.is_empty() {
+            return Err(ServeError::Config(
+            "no --listen address (e.g. --listen 127.0.0.1:8740 or --listen unix:/run/hybridstore.sock)".into(),
+        ));
+        }
+        if !self.tokens.any() {
+            if let Some(open) = self.listen.iter().find(|l| !is_local(l)) {
+                return Err(ServeError::Config(format!(
+                "{open} is reachable from other machines and no token is configured: set HYBRIDSTORE_WRITE_TOKEN / HYBRIDSTORE_READ_TOKEN / HYBRIDSTORE_ADMIN_TOKEN, or listen on loopback or a Unix socket"
+            )));
+            }
+            tracing::warn!("no token configured: every local client may read, write and administer (loopback and Unix sockets only)");
+        }
+        Ok(())
+    }
+}
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -203,19 +227,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if config.listen.is_empty() {
-        return Err(ServeError::Config(
-            "no --listen address (e.g. --listen 127.0.0.1:8740 or --listen unix:/run/hybridstore.sock)".into(),
-        ));
-    }
-    if !config.tokens.any() {
-        if let Some(open) = config.listen.iter().find(|l| !is_local(l)) {
-            return Err(ServeError::Config(format!(
-                "{open} is reachable from other machines and no token is configured: set HYBRIDSTORE_WRITE_TOKEN / HYBRIDSTORE_READ_TOKEN / HYBRIDSTORE_ADMIN_TOKEN, or listen on loopback or a Unix socket"
-            )));
-        }
-        tracing::warn!("no token configured: every local client may read, write and administer (loopback and Unix sockets only)");
-    }
+    config.check()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
         hybrid: hybrid.clone(),

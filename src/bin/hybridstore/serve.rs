@@ -85,6 +85,10 @@ pub fn serve_command(data_dir: &Path, args: ServeArgs) -> ExitCode {
         config.request_timeout = Duration::from_secs(args.request_timeout_s.max(1));
         config.concurrency_max = args.concurrency_max;
         config.shutdown_grace = Duration::from_secs(args.shutdown_grace_s);
+        // Before opening anything: a configuration refused leaves no data directory behind.
+        if let Err(error) = config.check() {
+            return fail(error.to_string());
+        }
         let redis = cache
             .as_ref()
             .and_then(|c| c.redis.as_ref())
