@@ -13,6 +13,20 @@ use crate::store::ExpectedVersion;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
+    /// An erasure of a subject the log holds no event of.
+    #[error("no such subject: the log holds no event of {subject}")]
+    UnknownSubject {
+        /// The subject.
+        subject: String,
+    },
+    /// An erasure event with keys appended by a client: only the store's erase destroys keys.
+    #[error("event {index} ({event_type}) names keys to destroy: erase a subject with `Store::erase` / `hybridstore erase` (an erasure event appended directly, with no keys, clears the projections only)")]
+    ErasureKeysReserved {
+        /// Which event.
+        index: usize,
+        /// Its type.
+        event_type: &'static str,
+    },
     /// A bot id that is empty, too long, or has characters other than `A-Z a-z 0-9 _`.
     #[error("invalid bot id {id:?}: 1 to 64 of A-Z a-z 0-9 _")]
     InvalidBotId {
@@ -128,6 +142,9 @@ pub enum StoreError {
     /// The log failed (I/O, corruption, poisoned writer).
     #[error("log: {0}")]
     Log(#[from] hybridstore_wal::Error),
+    /// The key store failed (damaged, another log's, a missing or wrong master key, I/O).
+    #[error("key store: {0}")]
+    KeyStore(crate::crypto::KeyStoreError),
     /// A record that does not decode as an event.
     #[error("record at position {position} cannot be decoded: {source}")]
     Decode {

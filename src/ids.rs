@@ -535,3 +535,97 @@ mod tests {
         );
     }
 }
+
+/// A person the store holds personal data of (design §10): a chat partner, or a user of the bot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Subject {
+    /// A chat partner: the conversation `conv-{bot}-{chat}`.
+    Chat {
+        /// The bot.
+        bot: BotId,
+        /// The chat.
+        chat_id: i64,
+    },
+    /// A user of the bot: `user-{bot}-{user}`, and their private chat (chat id = user id).
+    User {
+        /// The bot.
+        bot: BotId,
+        /// The user.
+        user_id: i64,
+    },
+}
+
+/// Which kind of subject an erasure mark is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// A chat partner.
+    Chat,
+    /// A user.
+    User,
+}
+
+impl SubjectKind {
+    /// `chat` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Chat => "chat",
+            SubjectKind::User => "user",
+        }
+    }
+}
+
+impl Subject {
+    /// The bot.
+    pub fn bot(&self) -> &BotId {
+        match self {
+            Subject::Chat { bot, .. } | Subject::User { bot, .. } => bot,
+        }
+    }
+
+    /// The chat or user id.
+    pub fn id(&self) -> i64 {
+        match self {
+            Subject::Chat { chat_id, .. } => *chat_id,
+            Subject::User { user_id, .. } => *user_id,
+        }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> SubjectKind {
+        match self {
+            Subject::Chat { .. } => SubjectKind::Chat,
+            Subject::User { .. } => SubjectKind::User,
+        }
+    }
+
+    /// The stream its erasure is appended to.
+    pub fn stream(&self) -> StreamId {
+        match self {
+            Subject::Chat { bot, chat_id } => StreamId::conversation(bot, *chat_id),
+            Subject::User { bot, user_id } => StreamId::user(bot, *user_id),
+        }
+    }
+
+    /// The streams whose keys its erasure destroys: the chat's; a user's and their private
+    /// chat's.
+    pub fn key_streams(&self) -> Vec<StreamId> {
+        match self {
+            Subject::Chat { bot, chat_id } => vec![StreamId::conversation(bot, *chat_id)],
+            Subject::User { bot, user_id } => vec![
+                StreamId::user(bot, *user_id),
+                StreamId::conversation(bot, *user_id),
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Chat { bot, chat_id } => write!(f, "chat {chat_id} of bot {bot}"),
+            Subject::User { bot, user_id } => write!(f, "user {user_id} of bot {bot}"),
+        }
+    }
+}

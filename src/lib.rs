@@ -27,6 +27,8 @@
 //! The log engine is the `hybridstore-wal` crate (`wal/`); the audit tool is `hybridstore-audit`;
 //! the `hybridstore` binary (`src/bin/hybridstore/`) holds the commands and the demo.
 
+pub mod crypto;
+pub mod erase;
 pub mod error;
 pub mod events;
 pub mod hybrid;

@@ -74,7 +74,7 @@ pub fn build_event(kind: StreamKind, spec: EventSpec) -> Event {
             }),
             4 => {
                 if a.is_multiple_of(4) {
-                    Event::UserErased(UserErased {})
+                    Event::UserErased(UserErased { keys: Vec::new() })
                 } else if a.is_multiple_of(2) {
                     Event::UserUnblocked(UserUnblocked {})
                 } else {

@@ -1652,7 +1652,7 @@ async fn users_projection() {
         .append(
             &user,
             ExpectedVersion::Any,
-            one(Event::UserErased(UserErased {})),
+            one(Event::UserErased(UserErased { keys: Vec::new() })),
         )
         .await
         .unwrap();
@@ -2341,7 +2341,7 @@ async fn erasing_a_user_removes_their_private_chat_from_reads() {
         .append(
             &user,
             ExpectedVersion::Any,
-            one(Event::UserErased(UserErased {})),
+            one(Event::UserErased(UserErased { keys: Vec::new() })),
         )
         .await
         .unwrap();

@@ -49,9 +49,36 @@ pub struct UserBlocked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserUnblocked {}
 /// A user asked to be forgotten: their user record, and the profile and conversation of their
-/// private chat (chat id = user id), are removed from every projection. The log keeps the events.
+/// private chat (chat id = user id), are removed from every projection, and the keys in `keys`
+/// (the user's and their private chat's) are destroyed: their sealed fields are gone from the
+/// log too (version 2; version 1 had no keys and left the log readable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserErased {}
+pub struct UserErased {
+    /// The keys the erasure destroys.
+    pub keys: Vec<ErasedKey>,
+}
+
+/// Version 1 of [`UserErased`]: projections only; upcast with no keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserErasedV1 {}
+
+/// A subject's keys an erasure destroys: every epoch of `stream` up to `epoch` (0: the subject
+/// never had a key, its events are all in the clear).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasedKey {
+    /// The subject's stream.
+    pub stream: String,
+    /// The highest epoch destroyed.
+    pub epoch: u32,
+}
+
+/// A chat partner was erased (stream `conv-{bot}-{chat}`): their profile and every message of
+/// the chat are removed from every projection, and the chat's keys destroyed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatErased {
+    /// The keys the erasure destroys.
+    pub keys: Vec<ErasedKey>,
+}
 
 /// A chat partner's profile was created (stream `conv-{bot}-{chat}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +241,16 @@ pub struct ComponentStateChanged {
     /// True when the store changed it by itself (e.g. a rollback after Postgres failed).
     pub automatic: bool,
 }
+/// The receipt of an erasure (stream `bot-{bot}`): what was erased, where, and how far each
+/// sink had got. Recorded again, with the same id, when a later check completes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureReceiptRecorded {
+    /// The receipt's id.
+    pub receipt_id: String,
+    /// The receipt (`crate::erase::Receipt` as JSON).
+    pub receipt: JsonText,
+}
+
 /// An analytics record with no domain event behind it (stream `telemetry-{bot}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnalyticsRecorded {
@@ -281,13 +318,14 @@ catalogue! {
     UserSettingsChanged => Users, User, version 1;
     UserBlocked => Users, User, version 1;
     UserUnblocked => Users, User, version 1;
-    UserErased => Users, User, version 1;
+    UserErased => Users, User, version 2;
     ProfileCreated => Profiles, Conversation, version 1;
     ProfileRenamed => Profiles, Conversation, version 1;
     ProfileFactsRecorded => Profiles, Conversation, version 1;
     ConversationAnalyzed => Profiles, Conversation, version 1;
     ProfileDeleted => Profiles, Conversation, version 1;
     ProfileLegacyStateImported => Profiles, Conversation, version 1;
+    ChatErased => Profiles, Conversation, version 1;
     MessageReceived => Conversations, Conversation, version 2;
     MessageSent => Conversations, Conversation, version 1;
     HistoryCleared => Conversations, Conversation, version 1;
@@ -297,6 +335,7 @@ catalogue! {
     ConfigValueSet => Configuration, Bot, version 1;
     ConfigValueUnset => Configuration, Bot, version 1;
     ComponentStateChanged => Configuration, Bot, version 1;
+    ErasureReceiptRecorded => Configuration, Bot, version 1;
     AnalyticsRecorded => Analytics, Telemetry, version 1;
 }
 
@@ -344,6 +383,9 @@ pub fn decode_payload(
     match (type_name, schema_version) {
         ("MessageReceived", 1) => strict_from_bytes::<MessageReceivedV1>(bytes)
             .map(|v1| Event::MessageReceived(v1.into()))
+            .map_err(payload),
+        ("UserErased", 1) => strict_from_bytes::<UserErasedV1>(bytes)
+            .map(|UserErasedV1 {}| Event::UserErased(UserErased { keys: Vec::new() }))
             .map_err(payload),
         _ => Err(DecodeError::UnknownSchemaVersion {
             type_name: type_name.to_owned(),

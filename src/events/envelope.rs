@@ -1,17 +1,19 @@
-//! The envelope every log record carries ([`StoredEvent`], format 2; format 1 still read), the
-//! event readers get ([`RecordedEvent`]), and the one codec every reader decodes through
-//! ([`decode_record`]).
+//! The envelope every log record carries ([`StoredEvent`], format 3; formats 1 and 2 still
+//! read), the event readers get ([`RecordedEvent`]), and the one codec every reader decodes
+//! through ([`decode_record`]), with the keyring that opens sealed personal fields.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::catalogue::{decode_payload, strict_from_bytes, Event};
+use crate::crypto::{DataKey, KeyLookup, Keyring};
 use crate::ids::{BotId, StreamId, StreamVersion, Timestamp};
 use hybridstore_wal::Position;
 
-/// Version of the [`StoredEvent`] envelope layout written now. Format 1 ([`StoredEventV1`]) had
-/// no `flags`; it is still read, with every event id taken as client-supplied.
-pub const ENVELOPE_FORMAT: u8 = 2;
+/// Version of the [`StoredEvent`] envelope layout written now. Format 2 ([`StoredEventV2`]) had
+/// no `sealed`; format 1 ([`StoredEventV1`]) no `flags` either (every event id is taken as
+/// client-supplied). Both are still read.
+pub const ENVELOPE_FORMAT: u8 = 3;
 
 /// `flags` bit: the event id was supplied by the client (so a retry may carry it again). Ids the
 /// store generated are never looked up, so only supplied ones go into the dedupe index.
@@ -51,6 +53,117 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
     /// [`FLAG_CLIENT_EVENT_ID`] (format 2 on).
     pub flags: u8,
+    /// The personal fields, sealed with the subject's key (format 3 on); `None` for an event
+    /// without personal fields, not on a subject's stream, or written before format 3.
+    pub sealed: Option<SealedFields>,
+}
+
+/// An event's personal fields, sealed (design §10; `crate::crypto`). The payload holds them
+/// blanked; the plaintext sealed here is the postcard of their values (`Vec<Option<String>>`,
+/// in the catalogue's personal-field order), XChaCha20-Poly1305 with the subject's key at
+/// `epoch`, bound (as associated data) to the event id, the epoch, the stream, the type and its
+/// schema version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedFields {
+    /// The subject's key epoch.
+    pub epoch: u32,
+    /// A random nonce.
+    pub nonce: [u8; 24],
+    /// The ciphertext and its 16-byte tag.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// The format-2 envelope: [`StoredEvent`] without `sealed`. Read, never written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct StoredEventV2 {
+    pub format: u8,
+    pub stream: String,
+    pub stream_version: u64,
+    pub batch_index: u32,
+    pub batch_len: u32,
+    pub event_id: [u8; 16],
+    pub idempotency_key: Option<String>,
+    pub recorded_at: i64,
+    pub occurred_at: i64,
+    pub bot_id: String,
+    pub event_type: String,
+    pub schema_version: u16,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub flags: u8,
+}
+
+impl From<StoredEventV2> for StoredEvent {
+    fn from(v2: StoredEventV2) -> StoredEvent {
+        StoredEvent {
+            format: v2.format,
+            stream: v2.stream,
+            stream_version: v2.stream_version,
+            batch_index: v2.batch_index,
+            batch_len: v2.batch_len,
+            event_id: v2.event_id,
+            idempotency_key: v2.idempotency_key,
+            recorded_at: v2.recorded_at,
+            occurred_at: v2.occurred_at,
+            bot_id: v2.bot_id,
+            event_type: v2.event_type,
+            schema_version: v2.schema_version,
+            payload: v2.payload,
+            flags: v2.flags,
+            sealed: None,
+        }
+    }
+}
+
+impl StoredEventV2 {
+    /// Encodes a format-2 envelope (for fixtures of the old format).
+    ///
+    /// # Errors
+    /// Postcard's.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+}
+
+/// What became of an event's personal fields.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Personal {
+    /// Not sealed: the event has no personal fields, is not on a subject's stream, or was
+    /// written in the clear (before envelope format 3).
+    #[default]
+    Clear,
+    /// Sealed, and opened with the subject's key.
+    Sealed {
+        /// The key's epoch.
+        epoch: u32,
+    },
+    /// Sealed with a key an erasure destroyed: the fields hold blanks.
+    Erased {
+        /// The key's epoch.
+        epoch: u32,
+        /// The erasure's position.
+        erased_at: u64,
+        /// The blanked fields.
+        fields: Vec<String>,
+    },
+    /// Sealed with a key this reader does not have (a tool run without the key store): the
+    /// fields hold blanks.
+    Locked {
+        /// The key's epoch.
+        epoch: u32,
+        /// The blanked fields.
+        fields: Vec<String>,
+    },
+}
+
+impl Personal {
+    /// True for [`Personal::Clear`].
+    pub fn is_clear(&self) -> bool {
+        matches!(self, Personal::Clear)
+    }
 }
 
 /// The format-1 envelope: [`StoredEvent`] without `flags`. Read, never written.
@@ -100,6 +213,7 @@ impl From<StoredEventV1> for StoredEvent {
             schema_version: v1.schema_version,
             payload: v1.payload,
             flags: FLAG_CLIENT_EVENT_ID,
+            sealed: None,
         }
     }
 }
@@ -133,6 +247,9 @@ pub struct RecordedEvent {
     pub bot_id: BotId,
     /// The event.
     pub event: Event,
+    /// Whether its personal fields were sealed, and what became of them.
+    #[serde(default, skip_serializing_if = "Personal::is_clear")]
+    pub personal: Personal,
 }
 
 /// Why a record could not be decoded into an event.
@@ -172,6 +289,44 @@ pub enum DecodeError {
         /// The decoder's message.
         reason: String,
     },
+    /// The event is sealed with a key the key store does not hold (it was never lost by the
+    /// store: a key is durable before an event sealed with it is acknowledged).
+    #[error("sealed with key {epoch} of {stream}, which the key store does not hold: the key store is missing or older than the log (restored from another backup?)")]
+    KeyMissing {
+        /// The subject's stream.
+        stream: String,
+        /// The key's epoch.
+        epoch: u32,
+    },
+    /// The sealed fields do not open with their key, or do not fit the event.
+    #[error("sealed fields of {stream} (key {epoch}) do not open: {reason}")]
+    Sealed {
+        /// The subject's stream.
+        stream: String,
+        /// The key's epoch.
+        epoch: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The associated data a sealed form is bound to.
+fn seal_aad(
+    event_id: &[u8; 16],
+    epoch: u32,
+    stream: &str,
+    event_type: &str,
+    schema: u16,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(24 + stream.len() + event_type.len());
+    aad.extend_from_slice(event_id);
+    aad.extend_from_slice(&epoch.to_le_bytes());
+    aad.extend_from_slice(stream.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(event_type.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&schema.to_le_bytes());
+    aad
 }
 
 impl StoredEvent {
@@ -190,6 +345,64 @@ impl StoredEvent {
         occurred_at: Timestamp,
         event: &Event,
     ) -> Result<StoredEvent, postcard::Error> {
+        StoredEvent::new_sealed(
+            stream,
+            stream_version,
+            (batch_index, batch_len),
+            event_id,
+            idempotency_key,
+            recorded_at,
+            occurred_at,
+            event,
+            None,
+        )
+    }
+
+    /// [`StoredEvent::new`], with the event's personal fields (if it has any) sealed with `seal`
+    /// (the subject's key and its epoch).
+    ///
+    /// # Errors
+    /// As [`StoredEvent::new`]; sealing itself fails only if the system's randomness does
+    /// (reported as a postcard error carrying the message).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_sealed(
+        stream: &StreamId,
+        stream_version: StreamVersion,
+        (batch_index, batch_len): (u32, u32),
+        event_id: Uuid,
+        idempotency_key: Option<String>,
+        recorded_at: Timestamp,
+        occurred_at: Timestamp,
+        event: &Event,
+        seal: Option<(u32, &DataKey)>,
+    ) -> Result<StoredEvent, postcard::Error> {
+        let (payload, sealed) = match seal {
+            Some((epoch, key)) if event.has_personal_fields() => {
+                let mut blanked = event.clone();
+                let values = blanked.take_personal();
+                let plaintext = zeroize::Zeroizing::new(postcard::to_stdvec(&values)?);
+                let stream_text = stream.to_string();
+                let aad = seal_aad(
+                    event_id.as_bytes(),
+                    epoch,
+                    &stream_text,
+                    event.type_name(),
+                    event.schema_version(),
+                );
+                let (nonce, ciphertext) = key
+                    .seal(&plaintext, &aad)
+                    .map_err(|_| postcard::Error::SerializeBufferFull)?;
+                (
+                    blanked.encode_payload()?,
+                    Some(SealedFields {
+                        epoch,
+                        nonce,
+                        ciphertext,
+                    }),
+                )
+            }
+            _ => (event.encode_payload()?, None),
+        };
         Ok(StoredEvent {
             format: ENVELOPE_FORMAT,
             stream: stream.to_string(),
@@ -203,8 +416,9 @@ impl StoredEvent {
             bot_id: stream.bot_id().to_string(),
             event_type: event.type_name().to_owned(),
             schema_version: event.schema_version(),
-            payload: event.encode_payload()?,
+            payload,
             flags: 0,
+            sealed,
         })
     }
 
@@ -228,10 +442,13 @@ impl StoredEvent {
             Some(1) => Ok(strict_from_bytes::<StoredEventV1>(bytes)
                 .map_err(envelope)?
                 .into()),
+            Some(2) => Ok(strict_from_bytes::<StoredEventV2>(bytes)
+                .map_err(envelope)?
+                .into()),
             Some(&ENVELOPE_FORMAT) => strict_from_bytes(bytes).map_err(envelope),
             Some(other) => Err(DecodeError::Envelope {
                 reason: format!(
-                    "envelope format {other} (this build reads 1 and {ENVELOPE_FORMAT})"
+                    "envelope format {other} (this build reads 1 to {ENVELOPE_FORMAT})"
                 ),
             }),
             None => Err(DecodeError::Envelope {
@@ -249,6 +466,7 @@ impl StoredEvent {
         self,
         position: Position,
         streams: &mut StreamCache,
+        keys: &Keyring,
     ) -> Result<RecordedEvent, DecodeError> {
         let stream = match streams.0.get(self.stream.as_str()) {
             Some(stream) => stream.clone(),
@@ -268,7 +486,11 @@ impl StoredEvent {
                 reason: format!("bot id {:?} disagrees with stream {stream}", self.bot_id),
             });
         }
-        let event = decode_payload(&self.event_type, self.schema_version, &self.payload)?;
+        let mut event = decode_payload(&self.event_type, self.schema_version, &self.payload)?;
+        let personal = match &self.sealed {
+            None => Personal::Clear,
+            Some(sealed) => self.open_sealed(sealed, &mut event, keys)?,
+        };
         Ok(RecordedEvent {
             position,
             bot_id: stream.bot_id().clone(),
@@ -283,15 +505,84 @@ impl StoredEvent {
             occurred_at: Timestamp(self.occurred_at),
             schema_version: self.schema_version,
             event,
+            personal,
+        })
+    }
+
+    /// Opens the sealed personal fields into `event` (blanks stay when the key is destroyed or
+    /// not at hand).
+    fn open_sealed(
+        &self,
+        sealed: &SealedFields,
+        event: &mut Event,
+        keys: &Keyring,
+    ) -> Result<Personal, DecodeError> {
+        let fields = || {
+            event
+                .personal_field_names()
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect()
+        };
+        let key = match keys.lookup(&self.stream, sealed.epoch) {
+            KeyLookup::Live(key) => key,
+            KeyLookup::Destroyed { position } => {
+                return Ok(Personal::Erased {
+                    epoch: sealed.epoch,
+                    erased_at: position,
+                    fields: fields(),
+                })
+            }
+            KeyLookup::Unknown if keys.is_strict() => {
+                return Err(DecodeError::KeyMissing {
+                    stream: self.stream.clone(),
+                    epoch: sealed.epoch,
+                })
+            }
+            KeyLookup::Unknown => {
+                return Ok(Personal::Locked {
+                    epoch: sealed.epoch,
+                    fields: fields(),
+                })
+            }
+        };
+        let failed = |reason: String| DecodeError::Sealed {
+            stream: self.stream.clone(),
+            epoch: sealed.epoch,
+            reason,
+        };
+        let aad = seal_aad(
+            &self.event_id,
+            sealed.epoch,
+            &self.stream,
+            &self.event_type,
+            self.schema_version,
+        );
+        let plaintext = zeroize::Zeroizing::new(
+            key.open(&sealed.nonce, &sealed.ciphertext, &aad)
+                .ok_or_else(|| {
+                    failed("the tag does not verify (damaged, or not this event's)".into())
+                })?,
+        );
+        let values: Vec<Option<String>> =
+            strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
+        event.put_personal(values).map_err(failed)?;
+        Ok(Personal::Sealed {
+            epoch: sealed.epoch,
         })
     }
 
     /// Decodes the payload and builds the recorded event at `position`.
     ///
     /// # Errors
-    /// A [`DecodeError`] for an unknown type or version, or bad bytes.
-    pub fn into_recorded(self, position: Position) -> Result<RecordedEvent, DecodeError> {
-        self.into_recorded_cached(position, &mut StreamCache::default())
+    /// A [`DecodeError`] for an unknown type or version, bad bytes, or sealed fields that do not
+    /// open.
+    pub fn into_recorded(
+        self,
+        position: Position,
+        keys: &Keyring,
+    ) -> Result<RecordedEvent, DecodeError> {
+        self.into_recorded_cached(position, &mut StreamCache::default(), keys)
     }
 }
 
@@ -299,8 +590,12 @@ impl StoredEvent {
 ///
 /// # Errors
 /// A [`DecodeError`]; the caller adds the position to its report.
-pub fn decode_record(position: Position, bytes: &[u8]) -> Result<RecordedEvent, DecodeError> {
-    StoredEvent::decode(bytes)?.into_recorded(position)
+pub fn decode_record(
+    position: Position,
+    bytes: &[u8],
+    keys: &Keyring,
+) -> Result<RecordedEvent, DecodeError> {
+    StoredEvent::decode(bytes)?.into_recorded(position, keys)
 }
 
 /// Stream ids already parsed, by their text (see [`StoredEvent::into_recorded_cached`]).
@@ -315,8 +610,9 @@ pub fn decode_record_cached(
     position: Position,
     bytes: &[u8],
     streams: &mut StreamCache,
+    keys: &Keyring,
 ) -> Result<RecordedEvent, DecodeError> {
-    StoredEvent::decode(bytes)?.into_recorded_cached(position, streams)
+    StoredEvent::decode(bytes)?.into_recorded_cached(position, streams, keys)
 }
 
 #[cfg(test)]
@@ -349,7 +645,8 @@ mod tests {
             &sample(),
         )
         .unwrap();
-        let recorded = decode_record(Position(12), &stored.encode().unwrap()).unwrap();
+        let recorded =
+            decode_record(Position(12), &stored.encode().unwrap(), &Keyring::keyless()).unwrap();
         assert_eq!(recorded.event, sample());
         assert_eq!(recorded.stream, stream);
         let json = serde_json::to_string(&recorded).unwrap();
@@ -374,7 +671,8 @@ mod tests {
         )
         .unwrap();
         stored.event_type = "MoodDetected".into();
-        let error = decode_record(Position(0), &stored.encode().unwrap()).unwrap_err();
+        let error =
+            decode_record(Position(0), &stored.encode().unwrap(), &Keyring::keyless()).unwrap_err();
         assert!(
             matches!(error, DecodeError::UnknownEventType { ref type_name, .. } if type_name == "MoodDetected")
         );

@@ -22,6 +22,16 @@ impl JsonText {
         Ok(JsonText::from_value(&value))
     }
 
+    /// JSON `null` (what an erased JSON field holds).
+    pub fn null() -> JsonText {
+        JsonText("null".to_owned())
+    }
+
+    /// The JSON text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The JSON value.
     pub fn value(&self) -> serde_json::Value {
         // Built only from valid JSON (or decoded from a frame whose CRC vouched for it).

@@ -21,6 +21,7 @@
 mod catalogue;
 mod envelope;
 mod json;
+mod personal;
 
 pub use catalogue::*;
 pub use envelope::*;

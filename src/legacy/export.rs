@@ -39,8 +39,15 @@ pub async fn export_legacy(
     };
     let end = store.durable_end();
     let min_position = end.0.checked_sub(1).map(Position);
-    let (profiles, conversations) = store
+    let (profiles, conversations, erased) = store
         .read_projection(min_position, |p| {
+            // Erased chats are left out, and a file an earlier export wrote of them removed.
+            let erased: Vec<i64> = p
+                .erasures_iter()
+                .filter(|(b, kind, _, _)| *b == bot && *kind == crate::ids::SubjectKind::Chat)
+                .filter(|(_, _, chat, _)| p.chat_erased(bot, *chat).is_some())
+                .map(|(_, _, chat, _)| chat)
+                .collect();
             let profiles: Vec<ProfileDocument> = p.profiles(bot).into_values().cloned().collect();
             let conversations: Vec<(i64, u64)> = p
                 .conversation_chats(bot)
@@ -51,7 +58,7 @@ pub async fn export_legacy(
                     (count > 0).then_some((chat_id, count))
                 })
                 .collect();
-            (profiles, conversations)
+            (profiles, conversations, erased)
         })
         .await
         .map_err(|source| LegacyError::Store {
@@ -67,6 +74,17 @@ pub async fn export_legacy(
             fs::create_dir_all(&dir).map_err(|source| LegacyError::Write { path: dir, source })
         })
         .await??;
+    }
+    for chat_id in erased {
+        for dir in [&girls_dir, &conversations_dir] {
+            let path = dir.join(format!("{chat_id}.json"));
+            blocking(move || match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(LegacyError::Write { path, source }),
+            })
+            .await??;
+        }
     }
     let mut report = ExportReport::default();
     for document in profiles {

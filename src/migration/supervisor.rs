@@ -67,6 +67,8 @@ impl Default for SupervisorConfig {
 #[derive(Debug)]
 pub struct Supervisor {
     status: watch::Receiver<SinkStatus>,
+    /// The statuses of the sinks running now (the projector, the cache invalidation).
+    sinks: Arc<std::sync::Mutex<Vec<watch::Receiver<SinkStatus>>>>,
     /// Rounds finished.
     rounds: watch::Receiver<u64>,
     kick: Arc<Notify>,
@@ -105,7 +107,9 @@ impl Supervisor {
         let kick = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let (rounds_tx, rounds) = watch::channel(0);
+        let sinks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let run = Run {
+            sinks: sinks.clone(),
             rounds: rounds_tx,
             parts,
             config,
@@ -118,6 +122,7 @@ impl Supervisor {
         let task = tokio::spawn(run.run(kick.clone(), stop_rx));
         Supervisor {
             status,
+            sinks,
             rounds,
             kick,
             stop,
@@ -128,6 +133,17 @@ impl Supervisor {
     /// The projector's status (its components, where each stands, its last error).
     pub fn status(&self) -> SinkStatus {
         self.status.borrow().clone()
+    }
+
+    /// The status of every sink running now: the Postgres projector, and the cache
+    /// invalidation when a cache is configured (none while no component projects).
+    pub fn sink_statuses(&self) -> Vec<SinkStatus> {
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| s.borrow().clone())
+            .collect()
     }
 
     /// A receiver of the projector's status that outlives its restarts.
@@ -189,6 +205,7 @@ struct Running {
 }
 
 struct Run {
+    sinks: Arc<std::sync::Mutex<Vec<watch::Receiver<SinkStatus>>>>,
     rounds: watch::Sender<u64>,
     parts: Parts,
     config: SupervisorConfig,
@@ -216,6 +233,7 @@ impl Run {
             }
         }
         if let Some(running) = self.running.take() {
+            self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
             stop_running(running).await;
         }
         let _ = self.parts.shadow.flush(&self.parts.pool).await;
@@ -273,6 +291,7 @@ impl Run {
             return;
         }
         if let Some(running) = self.running.take() {
+            self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
             stop_running(running).await;
         }
         if wanted.is_empty() {
@@ -328,6 +347,12 @@ impl Run {
             }
             None => None,
         };
+        {
+            let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+            sinks.clear();
+            sinks.push(projector.watch());
+            sinks.extend(invalidation.as_ref().map(SinkHandle::watch));
+        }
         self.running = Some(Running {
             components: wanted,
             projector,

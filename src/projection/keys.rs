@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use super::Projection;
 use crate::events::{Event, RecordedEvent};
-use crate::ids::{BotId, Component, ComponentSet, StreamKind};
+use crate::ids::{BotId, Component, ComponentSet, StreamKind, SubjectKind};
 
 /// The entries a set of events may change, per component. A superset is harmless: an entry
 /// touched but unchanged is written back as it was; one absent after applying is deleted (it was
@@ -28,6 +28,8 @@ pub struct Keys {
     pub days: HashSet<(BotId, i64)>,
     /// (bot, day, chat) of messages: the only rows of `analytics_daily_chats` a batch can add.
     pub day_chats: HashSet<(BotId, i64, i64)>,
+    /// Erasure marks (bot, kind, id) the batch sets.
+    pub erasures: HashSet<(BotId, SubjectKind, i64)>,
 }
 
 impl Keys {
@@ -49,6 +51,10 @@ impl Keys {
                     if set.contains(Component::Conversations) {
                         self.conversations.insert((bot.clone(), user));
                     }
+                    if erasing(set) {
+                        self.erasures.insert((bot.clone(), SubjectKind::User, user));
+                        self.erasures.insert((bot.clone(), SubjectKind::Chat, user));
+                    }
                 }
             }
             (StreamKind::Conversation, Some(chat)) => {
@@ -57,6 +63,9 @@ impl Keys {
                 }
                 if set.contains(Component::Conversations) {
                     self.conversations.insert((bot.clone(), chat));
+                }
+                if matches!(event, Event::ChatErased(_)) && erasing(set) {
+                    self.erasures.insert((bot.clone(), SubjectKind::Chat, chat));
                 }
                 if is_message && set.contains(Component::Analytics) {
                     let day = recorded.occurred_at.day();
@@ -88,6 +97,13 @@ impl Keys {
     }
 }
 
+/// Whether a projection of `set` keeps erasure marks (the erasure's own projection rule).
+fn erasing(set: ComponentSet) -> bool {
+    set.contains(Component::Users)
+        || set.contains(Component::Profiles)
+        || set.contains(Component::Conversations)
+}
+
 /// The entries of `keys` as `projection` has them, in a projection of their own (what a rebuild
 /// hands to its writer while it goes on applying).
 pub fn subset(projection: &Projection, keys: &Keys) -> Projection {
@@ -117,6 +133,11 @@ pub fn subset(projection: &Projection, keys: &Keys) -> Projection {
     for (bot_id, component) in &keys.components {
         let state = projection.component_state(bot_id, *component);
         out.insert_component_state(bot_id.clone(), *component, state);
+    }
+    for (bot_id, kind, id) in &keys.erasures {
+        if let Some(position) = projection.erasure(bot_id, *kind, *id) {
+            out.insert_erasure(bot_id.clone(), *kind, *id, position);
+        }
     }
     for (bot_id, day) in &keys.days {
         if let Some(found) = projection.daily_by_day(bot_id, *day) {

@@ -17,7 +17,9 @@ type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 use hybridstore_wal::Position;
 
 use crate::events::{Event, RecordedEvent};
-use crate::ids::{BotId, Component, ComponentSet, MigrationState, StreamKind, Timestamp};
+use crate::ids::{
+    BotId, Component, ComponentSet, MigrationState, StreamKind, SubjectKind, Timestamp,
+};
 
 mod analytics;
 mod conversations;
@@ -51,6 +53,9 @@ pub struct Projection {
     config: Map<BotId, BTreeMap<(String, String), serde_json::Value>>,
     components: Map<BotId, BTreeMap<Component, MigrationState>>,
     analytics: Map<(BotId, i64), DailyCounters>,
+    /// Erased subjects: the position of their (last) erasure. Kept by every projection that
+    /// maintains users, profiles or conversations, so a read can say "erased", not "absent".
+    erasures: Map<(BotId, SubjectKind, i64), Position>,
 }
 
 impl Projection {
@@ -71,6 +76,7 @@ impl Projection {
             config: Map::default(),
             components: Map::default(),
             analytics: Map::default(),
+            erasures: Map::default(),
         }
     }
 
@@ -114,6 +120,9 @@ impl Projection {
         match (&recorded.event, recorded.stream.kind(), key) {
             (event, StreamKind::User, Some(user_id)) => {
                 self.apply_user(bot, user_id, recorded.position, at, event)
+            }
+            (Event::ChatErased(_), StreamKind::Conversation, Some(chat_id)) => {
+                self.erase_chat(&(bot, chat_id), recorded.position);
             }
             (event, StreamKind::Conversation, Some(chat_id)) => {
                 self.apply_conversation(recorded, message, bot, chat_id, event)
@@ -173,6 +182,66 @@ impl Projection {
     }
 
     // derives anything.
+
+    /// Where a subject was (last) erased, if it was.
+    pub fn erasure(&self, bot: &BotId, kind: SubjectKind, id: i64) -> Option<Position> {
+        self.erasures.get(&(bot.clone(), kind, id)).copied()
+    }
+
+    /// Every erasure mark: bot, kind, id, position.
+    pub fn erasures_iter(&self) -> impl Iterator<Item = (&BotId, SubjectKind, i64, Position)> {
+        self.erasures
+            .iter()
+            .map(|((bot, kind, id), position)| (bot, *kind, *id, *position))
+    }
+
+    /// Loads an erasure mark.
+    pub fn insert_erasure(&mut self, bot: BotId, kind: SubjectKind, id: i64, position: Position) {
+        self.erasures.insert((bot, kind, id), position);
+    }
+
+    /// Whether the chat was erased and nothing of it came since (no profile, no message, no
+    /// follow-up): what a read of it reports as erased.
+    pub fn chat_erased(&self, bot: &BotId, chat_id: i64) -> Option<Position> {
+        let position = self.erasure(bot, SubjectKind::Chat, chat_id)?;
+        let key = (bot.clone(), chat_id);
+        let profile = self.profiles.contains_key(&key);
+        let active = self.conversations.get(&key).is_some_and(|c| {
+            c.head.messages_in + c.head.messages_out > 0 || !c.followups.is_empty()
+        });
+        (!profile && !active).then_some(position)
+    }
+
+    /// Whether the user was erased and has not registered again.
+    pub fn user_erased(&self, bot: &BotId, user_id: i64) -> Option<Position> {
+        let position = self.erasure(bot, SubjectKind::User, user_id)?;
+        (!self.users.contains_key(&(bot.clone(), user_id))).then_some(position)
+    }
+
+    /// Erases a chat: its profile and its messages go (the conversation stays, cleared at
+    /// `position`, so no read fetches the older messages from the log either), and the mark.
+    fn erase_chat(&mut self, key: &(BotId, i64), position: Position) {
+        if self.maintained.contains(Component::Profiles) {
+            self.profiles.remove(key);
+        }
+        if self.maintained.contains(Component::Conversations) {
+            let mut cleared = ConversationView::default();
+            cleared.head.cleared_before = position;
+            self.conversations.insert(key.clone(), cleared);
+        }
+        self.mark_erased(&key.0, SubjectKind::Chat, key.1, position);
+    }
+
+    /// Sets an erasure mark, in a projection of a component a subject's data is in.
+    fn mark_erased(&mut self, bot: &BotId, kind: SubjectKind, id: i64, position: Position) {
+        let set = self.maintained;
+        if set.contains(Component::Users)
+            || set.contains(Component::Profiles)
+            || set.contains(Component::Conversations)
+        {
+            self.erasures.insert((bot.clone(), kind, id), position);
+        }
+    }
 
     /// Every user.
     pub fn users_iter(&self) -> impl Iterator<Item = (&BotId, &UserView)> {

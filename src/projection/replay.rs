@@ -7,6 +7,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use hybridstore_wal::{Position, Wal};
 
+use crate::crypto::Keyring;
 use crate::error::{Result, StoreError};
 use crate::events::{decode_record_cached, RecordedEvent, StreamCache};
 
@@ -14,7 +15,7 @@ use crate::events::{decode_record_cached, RecordedEvent, StreamCache};
 const CHUNK_EVENTS: usize = 1024;
 
 /// Reads the durable events of `wal` from `from` up to `to` (exclusive; the durable end when
-/// `None`), decodes each once, and hands them to `apply` in log order. Returns the position after
+/// `None`), decodes each once (opening sealed fields with `keys`), and hands them to `apply` in log order. Returns the position after
 /// the last event handed over.
 ///
 /// Reading and decoding run on a second thread, a chunk ahead of applying: on a machine with two
@@ -30,6 +31,7 @@ pub fn replay_log(
     wal: &Wal,
     from: Position,
     to: Option<Position>,
+    keys: &Keyring,
     mut on_decoded: impl FnMut(&RecordedEvent) + Send,
     mut apply: impl FnMut(RecordedEvent) -> ControlFlow<()>,
 ) -> Result<Position> {
@@ -44,7 +46,7 @@ pub fn replay_log(
     let (recycle, recycled) = sync_channel::<Vec<RecordedEvent>>(8);
     std::thread::scope(|scope| -> Result<Position> {
         let decoder = scope.spawn(move || {
-            decode_chunks(&mut reader, to, &mut on_decoded, &chunks, &recycled);
+            decode_chunks(&mut reader, to, keys, &mut on_decoded, &chunks, &recycled);
         });
         let mut end = from;
         let mut outcome = Ok(());
@@ -80,6 +82,7 @@ pub fn replay_log(
 fn decode_chunks(
     reader: &mut hybridstore_wal::Reader,
     to: Position,
+    keys: &Keyring,
     on_decoded: &mut (impl FnMut(&RecordedEvent) + Send),
     chunks: &SyncSender<Result<Vec<RecordedEvent>>>,
     recycled: &Receiver<Vec<RecordedEvent>>,
@@ -102,7 +105,7 @@ fn decode_chunks(
                     return;
                 }
             };
-            match decode_record_cached(record.position, &record.data, &mut streams) {
+            match decode_record_cached(record.position, &record.data, &mut streams, keys) {
                 Ok(event) => {
                     on_decoded(&event);
                     chunk.push(event);
@@ -132,14 +135,14 @@ fn decode_chunks(
 ///
 /// # Errors
 /// A log error (`position` truncated away, a damaged segment) or [`StoreError::Decode`].
-pub fn event_at(wal: &Wal, position: Position) -> Result<Option<RecordedEvent>> {
+pub fn event_at(wal: &Wal, position: Position, keys: &Keyring) -> Result<Option<RecordedEvent>> {
     if position >= wal.durable_end() {
         return Ok(None);
     }
     let Some(record) = wal.reader(position)?.next_record()? else {
         return Ok(None);
     };
-    crate::events::decode_record(record.position, &record.data)
+    crate::events::decode_record(record.position, &record.data, keys)
         .map(Some)
         .map_err(|source| StoreError::Decode {
             position: record.position,

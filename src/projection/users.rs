@@ -2,9 +2,9 @@
 
 use hybridstore_wal::Position;
 
-use super::{ConversationView, Projection, UserView};
+use super::{Projection, UserView};
 use crate::events::Event;
-use crate::ids::{BotId, Component, Timestamp};
+use crate::ids::{BotId, Component, SubjectKind, Timestamp};
 
 impl Projection {
     pub(super) fn apply_user(
@@ -20,14 +20,8 @@ impl Projection {
             // Their private chat (a Telegram private chat's id is the user's id) goes too: the
             // profile the bot kept of them, and every message so far, as `HistoryCleared`
             // does (reads must not fetch the older messages from the log either).
-            if self.maintained.contains(Component::Profiles) {
-                self.profiles.remove(&key);
-            }
-            if self.maintained.contains(Component::Conversations) {
-                let mut cleared = ConversationView::default();
-                cleared.head.cleared_before = position;
-                self.conversations.insert(key.clone(), cleared);
-            }
+            self.erase_chat(&key, position);
+            self.mark_erased(&key.0, SubjectKind::User, user_id, position);
         }
         if !self.maintained.contains(Component::Users) {
             return;

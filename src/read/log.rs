@@ -30,6 +30,19 @@ impl LogSource {
         &self.store
     }
 
+    /// Where a subject was erased, if it was (as the projection stands now).
+    ///
+    /// # Errors
+    /// When the projection cannot be read.
+    pub async fn erasure(
+        &self,
+        bot: &BotId,
+        kind: crate::ids::SubjectKind,
+        id: i64,
+    ) -> Result<Option<Position>, ReadError> {
+        Ok(self.read(None, |p| p.erasure(bot, kind, id)).await?.value)
+    }
+
     async fn read<T>(
         &self,
         min_position: Option<Position>,

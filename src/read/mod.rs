@@ -92,6 +92,14 @@ pub enum ReadError {
         /// Its state.
         state: MigrationState,
     },
+    /// The subject was erased (design §10): nothing of them is kept to answer with.
+    #[error("{subject} was erased (at position {position})")]
+    Erased {
+        /// Who, in words.
+        subject: String,
+        /// The erasure's position.
+        position: Position,
+    },
     /// The store failed (the log projection stopped, the store closed).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -154,6 +154,28 @@ impl PgSource {
         }
     }
 
+    /// Where a subject was erased, if the `erasures` table says it was.
+    ///
+    /// # Errors
+    /// [`ReadError::Unavailable`] when Postgres fails.
+    pub async fn erasure(
+        &self,
+        bot: &BotId,
+        kind: crate::ids::SubjectKind,
+        id: i64,
+    ) -> Result<Option<Position>, ReadError> {
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT position FROM erasures WHERE bot_id = $1 AND kind = $2 AND subject_id = $3",
+        )
+        .bind(bot.as_str())
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| unavailable(query("read erasures", error)))?;
+        Ok(found.map(|(p,)| Position(u64::try_from(p).unwrap_or(0))))
+    }
+
     /// Loads the entries of `keys` for `component` into a projection and reads it.
     async fn read_entries<T>(
         &self,

@@ -320,6 +320,64 @@ impl Router {
         query: &Query,
         min_position: Option<Position>,
     ) -> Result<Routed, ReadError> {
+        let routed = self.route(query, min_position).await?;
+        match self.erased(query, &routed.answer).await? {
+            Some(error) => Err(error),
+            None => Ok(routed),
+        }
+    }
+
+    /// An empty answer about an erased subject is not "absent" but "erased": the log
+    /// projection's mark says so here, the `erasures` table on a replica.
+    async fn erased(&self, query: &Query, answer: &Answer) -> Result<Option<ReadError>, ReadError> {
+        use crate::ids::{Subject, SubjectKind};
+        let (kind, id) = match (query, answer) {
+            (Query::User { user_id, .. }, Answer::User(None)) => (SubjectKind::User, *user_id),
+            (Query::Profile { chat_id, .. }, Answer::Profile(None))
+            | (Query::Head { chat_id, .. }, Answer::Head(None))
+            | (Query::Messages { chat_id, .. }, Answer::Messages(_)) => {
+                if matches!(answer, Answer::Messages(m) if !m.is_empty()) {
+                    return Ok(None);
+                }
+                (SubjectKind::Chat, *chat_id)
+            }
+            (Query::Head { chat_id, .. }, Answer::Head(Some(head)))
+                if head.messages_in + head.messages_out == 0 =>
+            {
+                (SubjectKind::Chat, *chat_id)
+            }
+            _ => return Ok(None),
+        };
+        let bot = query.bot();
+        let position = match (&self.inner.log, &self.inner.postgres) {
+            (Some(log), _) => log.erasure(bot, kind, id).await?,
+            (None, Some(postgres)) => postgres.erasure(bot, kind, id).await?,
+            (None, None) => None,
+        };
+        Ok(position.map(|position| {
+            let subject = match kind {
+                SubjectKind::Chat => Subject::Chat {
+                    bot: bot.clone(),
+                    chat_id: id,
+                },
+                SubjectKind::User => Subject::User {
+                    bot: bot.clone(),
+                    user_id: id,
+                },
+            };
+            ReadError::Erased {
+                subject: subject.to_string(),
+                position,
+            }
+        }))
+    }
+
+    /// [`Router::read`] before the erasure check.
+    async fn route(
+        &self,
+        query: &Query,
+        min_position: Option<Position>,
+    ) -> Result<Routed, ReadError> {
         // With `min_position`, the state as of that position (a transition the caller made
         // before is seen); the source then waits for the position anyway.
         let state = match (&self.inner.states, &self.inner.log, min_position) {

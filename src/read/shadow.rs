@@ -196,6 +196,18 @@ impl ShadowStats {
             .remove(&(bot.clone(), component));
     }
 
+    /// Drops the kept mismatches of an erased subject not flushed yet (they hold the values
+    /// read).
+    pub fn forget_subject(&self, subject: &crate::ids::Subject) {
+        let entries = erased_entries(subject.kind(), subject.id());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for ((bot, _), counts) in pending.iter_mut() {
+            if bot == subject.bot() {
+                counts.mismatches.retain(|m| !entries.contains(&m.key));
+            }
+        }
+    }
+
     /// Adds the pending outcomes to the table. Outcomes that could not be written are kept for
     /// the next flush.
     ///
@@ -435,6 +447,45 @@ impl WindowRule {
         }
         None
     }
+}
+
+/// The entries a shadow mismatch of an erased subject names (`Query::entry`).
+pub fn erased_entries(kind: crate::ids::SubjectKind, id: i64) -> Vec<String> {
+    match kind {
+        crate::ids::SubjectKind::Chat => {
+            vec![format!("profile {id}"), format!("conversation {id}")]
+        }
+        crate::ids::SubjectKind::User => vec![format!("user {id}")],
+    }
+}
+
+/// Removes the kept mismatches of erased subjects from `shadow_reads` (they hold both values
+/// read: personal data).
+///
+/// # Errors
+/// The statement's.
+pub async fn forget_erased(
+    conn: &mut sqlx::PgConnection,
+    erased: &std::collections::HashSet<(BotId, crate::ids::SubjectKind, i64)>,
+) -> Result<(), sqlx::Error> {
+    let (mut bots, mut entries) = (Vec::new(), Vec::new());
+    for (bot, kind, id) in erased {
+        for entry in erased_entries(*kind, *id) {
+            bots.push(bot.to_string());
+            entries.push(entry);
+        }
+    }
+    sqlx::query(
+        "UPDATE shadow_reads s SET last_mismatches = (SELECT coalesce(jsonb_agg(m), '[]'::jsonb) \
+         FROM jsonb_array_elements(s.last_mismatches) m WHERE NOT EXISTS (SELECT 1 FROM \
+         UNNEST($1::text[], $2::text[]) AS e(b, n) WHERE e.b = s.bot AND e.n = m->>'key')) \
+         WHERE s.bot = ANY($1)",
+    )
+    .bind(bots)
+    .bind(entries)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -196,7 +196,9 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
         .route(
             "/v1/migrations/{bot}/{component}",
             post(routes::set_migration),
-        );
+        )
+        .route("/v1/bots/{bot}/erasures", post(routes::erase))
+        .route("/v1/bots/{bot}/erasures/{id}", get(routes::erasure_receipt));
     timed
         .merge(untimed)
         .fallback(routes::not_found)

@@ -111,7 +111,7 @@ impl From<StoreError> for Problem {
             | StoreError::Closed
             | StoreError::ProjectionStopped { .. }
             | StoreError::Task(_) => Problem::unavailable(detail),
-            StoreError::Decode { .. } => {
+            StoreError::Decode { .. } | StoreError::KeyStore(_) => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
             }
         }
@@ -139,6 +139,9 @@ impl From<InputError> for Problem {
                 Problem::bad_request("stream", detail)
             }
             InputError::InvalidBotId { .. } => Problem::bad_request("bot", detail),
+            InputError::UnknownSubject { .. } => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown-subject", detail)
+            }
             InputError::UnknownComponent { .. } => Problem::bad_request("component", detail),
             _ => Problem::bad_request("events", detail),
         }
@@ -158,6 +161,9 @@ impl From<ReadError> for Problem {
                 .with("component", component.as_str())
                 .with("state", state.as_str()),
             ReadError::Unavailable { .. } => Problem::unavailable(detail),
+            ReadError::Erased { position, .. } => {
+                Problem::new(StatusCode::GONE, "erased", detail).with("erased_at", position.0)
+            }
             ReadError::Store(store) => Problem::from(store),
         }
     }

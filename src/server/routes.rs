@@ -499,6 +499,75 @@ pub async fn set_migration(
     Ok(Json(made).into_response())
 }
 
+/// Body of `POST /v1/bots/{bot}/erasures`: one of `chat` and `user`.
+#[derive(Debug, Deserialize)]
+pub struct EraseBody {
+    chat: Option<i64>,
+    user: Option<i64>,
+    wait_s: Option<u64>,
+}
+
+/// `POST /v1/bots/{bot}/erasures`: erases a subject, answers the receipt (`complete` false when
+/// a sink did not reach the erasure within `wait_s`, default 10, at most 600).
+pub async fn erase(
+    State(app): State<Arc<App>>,
+    Path(bot): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    app.tokens.check(&headers, Access::Admin)?;
+    require_json(&headers)?;
+    let bot = bot_of(&bot)?;
+    let body: EraseBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "body",
+            format!("expected {{\"chat\" or \"user\", \"wait_s\"?}}: {e}"),
+        )
+    })?;
+    let subject = match (body.chat, body.user) {
+        (Some(chat_id), None) => crate::ids::Subject::Chat { bot, chat_id },
+        (None, Some(user_id)) => crate::ids::Subject::User { bot, user_id },
+        _ => {
+            return Err(Problem::bad_request(
+                "body",
+                "exactly one of \"chat\" and \"user\"",
+            ))
+        }
+    };
+    let wait = Duration::from_secs(body.wait_s.unwrap_or(10).min(600));
+    let receipt = app.hybrid.erase(&subject, wait).await?;
+    Ok(Json(receipt).into_response())
+}
+
+/// Query of `GET /v1/bots/{bot}/erasures/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct ReceiptQuery {
+    wait_s: Option<u64>,
+}
+
+/// `GET /v1/bots/{bot}/erasures/{id}`: the receipt, checked again if it was not complete.
+pub async fn erasure_receipt(
+    State(app): State<Arc<App>>,
+    Path((bot, id)): Path<(String, String)>,
+    Query(query): Query<ReceiptQuery>,
+    headers: HeaderMap,
+) -> Answer {
+    app.tokens.check(&headers, Access::Admin)?;
+    let bot = bot_of(&bot)?;
+    let id: uuid::Uuid = id
+        .parse()
+        .map_err(|e| Problem::bad_request("id", format!("not a receipt id: {e}")))?;
+    let wait = Duration::from_secs(query.wait_s.unwrap_or(10).min(600));
+    match app.hybrid.erasure_receipt(&bot, id, wait).await? {
+        Some(receipt) => Ok(Json(receipt).into_response()),
+        None => Err(Problem::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no erasure receipt {id} for bot {bot}"),
+        )),
+    }
+}
+
 /// `GET /livez`.
 pub async fn livez() -> &'static str {
     "ok"

@@ -8,9 +8,10 @@ use uuid::Uuid;
 use super::validate::validate;
 use super::writer::{self, AppendRequest};
 use super::Store;
+use crate::crypto::DataKey;
 use crate::error::{InputError, Result, StoreError};
 use crate::events::{decode_record, Event, StoredEvent};
-use crate::ids::{StreamId, StreamVersion, Timestamp};
+use crate::ids::{StreamId, StreamKind, StreamVersion, Timestamp};
 
 /// What an append expects of its stream (optimistic concurrency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,24 +122,59 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        let inner = &self.inner;
         let keys = validate(stream, &events)?;
-        if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
+        for (index, new) in events.iter().enumerate() {
+            if let Event::UserErased(crate::events::UserErased { keys })
+            | Event::ChatErased(crate::events::ChatErased { keys }) = &new.event
+            {
+                if !keys.is_empty() {
+                    return Err(InputError::ErasureKeysReserved {
+                        index,
+                        event_type: new.event.type_name(),
+                    }
+                    .into());
+                }
+            }
+        }
+        if let Some(original) = self.inner.indexes.duplicate_of(&keys, stream)? {
             return Ok(original);
         }
-        let lock = inner
+        let guard = self.lock_stream(stream).await;
+        self.append_locked(stream, guard, expected, events, keys)
+            .await
+    }
+
+    /// Takes `stream`'s append lock: an owned guard, so that it can travel with the log append.
+    pub(super) async fn lock_stream(&self, stream: &StreamId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
             .stream_locks
             .entry(stream.clone())
             .or_default()
             .clone();
-        // An owned guard, so that it can travel with the log append below.
-        let guard = lock.lock_owned().await;
+        lock.lock_owned().await
+    }
+
+    /// [`Store::append`] under `stream`'s lock, with the events validated (`keys`: their dedupe
+    /// keys).
+    pub(super) async fn append_locked(
+        &self,
+        stream: &StreamId,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: Vec<Vec<super::indexes::DedupeKey>>,
+    ) -> Result<AppendResult> {
+        let inner = &self.inner;
         // A retry that raced the original past the first check finds it recorded now.
         if let Some(original) = inner.indexes.duplicate_of(&keys, stream)? {
             return Ok(original);
         }
         let first_version = self.check_expected(stream, expected)?;
-        let records = self.encode_records(stream, first_version, &events)?;
+        // Under the stream's lock: an erasure retires the subject's key under the same lock, so
+        // no event sealed with a retired key lands after the erasure.
+        let seal = self.sealing_key(stream, &events).await?;
+        let records = self.encode_records(stream, first_version, &events, seal.as_ref())?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = AppendRequest {
             records,
@@ -182,20 +218,46 @@ impl Store {
         Ok(current.unwrap_or(0))
     }
 
-    /// The log records of the append: one encoded envelope per event, each checked to decode
-    /// back and to fit the size limits.
+    /// The key the append's personal fields are sealed with: the subject's current one, created
+    /// (durably, before anything sealed with it is written) if it has none. `None`: not a
+    /// subject's stream, or no event with personal fields.
+    async fn sealing_key(
+        &self,
+        stream: &StreamId,
+        events: &[NewEvent],
+    ) -> Result<Option<(u32, DataKey)>> {
+        if !matches!(stream.kind(), StreamKind::User | StreamKind::Conversation)
+            || !events.iter().any(|e| e.event.has_personal_fields())
+        {
+            return Ok(None);
+        }
+        let name = stream.to_string();
+        if let Some(found) = self.inner.keys.current(&name) {
+            return Ok(Some(found));
+        }
+        let keys = self.inner.keys.clone();
+        tokio::task::spawn_blocking(move || keys.current_or_create(&name))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map(Some)
+            .map_err(StoreError::KeyStore)
+    }
+
+    /// The log records of the append: one encoded envelope per event (personal fields sealed
+    /// with `seal`), each checked to decode back and to fit the size limits.
     fn encode_records(
         &self,
         stream: &StreamId,
         first_version: u64,
         events: &[NewEvent],
+        seal: Option<&(u32, DataKey)>,
     ) -> Result<Vec<Vec<u8>>> {
         let config = &self.inner.config;
         let recorded_at = Timestamp::now();
         let mut records = Vec::with_capacity(events.len());
         for (index, new) in events.iter().enumerate() {
             let event_id = new.event_id.unwrap_or_else(Uuid::now_v7);
-            let stored = StoredEvent::new(
+            let stored = StoredEvent::new_sealed(
                 stream,
                 StreamVersion(first_version + index as u64),
                 (index as u32, events.len() as u32),
@@ -204,6 +266,7 @@ impl Store {
                 recorded_at,
                 new.occurred_at.unwrap_or(recorded_at),
                 &new.event,
+                seal.map(|(epoch, key)| (*epoch, key)),
             )
             .and_then(|mut s| {
                 if new.event_id.is_some() {
@@ -214,7 +277,7 @@ impl Store {
             .map_err(|e| StoreError::Task(format!("encoding an event: {e}")))?;
             // Pair check: never write a record this build cannot read back (a JSON value nested
             // past the decoder's limit would otherwise stop the projection and every later open).
-            if let Err(error) = decode_record(Position(0), &stored) {
+            if let Err(error) = decode_record(Position(0), &stored, &self.inner.keys) {
                 return Err(InputError::Unreadable {
                     index,
                     reason: error.to_string(),

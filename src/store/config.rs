@@ -29,6 +29,14 @@ pub struct StoreConfig {
     /// path: no hand-off to the writer thread and back; on by default). Off, every append goes
     /// through the writer thread.
     pub appends_by_caller: bool,
+    /// The master key wrapping the subjects' data keys in the key store (`None`: kept in the
+    /// clear, readable by whoever can read the data directory). The CLI and the daemon take it
+    /// from `HYBRIDSTORE_MASTER_KEY` or `HYBRIDSTORE_MASTER_KEY_FILE`.
+    pub master_key: Option<crate::crypto::MasterKey>,
+    /// Test-only: the key store writes without fdatasync / directory fsync (the mutation the
+    /// key-durability test must catch). Never set it outside tests.
+    #[doc(hidden)]
+    pub key_store_skips_sync_for_tests: bool,
 }
 
 impl StoreConfig {
@@ -41,7 +49,19 @@ impl StoreConfig {
             conversation_tail_len: 50,
             read_wait_max: Duration::from_secs(2),
             appends_by_caller: true,
+            master_key: None,
+            key_store_skips_sync_for_tests: false,
         }
+    }
+
+    /// The same configuration with the master key the environment names
+    /// (`HYBRIDSTORE_MASTER_KEY`, or a file named by `HYBRIDSTORE_MASTER_KEY_FILE`), if any.
+    ///
+    /// # Errors
+    /// A master key that is not 32 bytes (64 hex digits), or a file that cannot be read.
+    pub fn with_master_key_from_env(mut self) -> Result<StoreConfig, crate::crypto::KeyStoreError> {
+        self.master_key = crate::crypto::MasterKey::from_env()?;
+        Ok(self)
     }
 
     /// The log directory.

@@ -37,7 +37,7 @@ pub(super) fn follow(
         let mut decoded = Vec::with_capacity(batch.len());
         let mut failure = None;
         for record in &batch {
-            match decode_record(record.position, &record.data) {
+            match decode_record(record.position, &record.data, &inner.keys) {
                 Ok(event) => decoded.push(event),
                 Err(error) => {
                     failure = Some(format!(

@@ -25,6 +25,7 @@
 
 mod append;
 mod config;
+mod erase;
 mod follow;
 mod indexes;
 mod read;
@@ -37,6 +38,7 @@ pub use append::{AppendResult, ExpectedVersion, NewEvent};
 pub use config::{
     StoreConfig, APPEND_EVENTS_MAX, EVENT_SIZE_MAX_BYTES_DEFAULT, IDEMPOTENCY_KEY_LEN_MAX,
 };
+pub use erase::LogErasure;
 pub use read::ReadDirection;
 pub use subscribe::Subscription;
 
@@ -49,6 +51,7 @@ use dashmap::DashMap;
 use hybridstore_wal::{LogId, Position, Wal};
 use tokio::sync::watch;
 
+use crate::crypto::Keyring;
 use crate::error::{Result, StoreError};
 use crate::ids::StreamId;
 use crate::projection::Projection;
@@ -77,6 +80,8 @@ struct Inner {
     fanout: Arc<subscribe::Fanout>,
     /// The log's id (a writable open always has one).
     log_id: LogId,
+    /// The subjects' keys: seals personal fields on append, opens them on every read.
+    keys: Arc<Keyring>,
 }
 
 /// The store: cheap to clone, `Send + Sync`.
@@ -127,10 +132,25 @@ impl Store {
                 "the log opened without an id (a writable open always gives one)".into(),
             )
         })?;
+        let mut keyring = Keyring::open(
+            config.wal.fs.clone(),
+            &config.data_dir,
+            log_id,
+            config.master_key.clone(),
+        )
+        .map_err(StoreError::KeyStore)?;
+        if config.key_store_skips_sync_for_tests {
+            keyring.skip_sync_for_tests();
+        }
+        let keys = Arc::new(keyring);
         let events = usize::try_from(wal.durable_end().0 - wal.first_position().0).unwrap_or(0);
         let indexes = Arc::new(Indexes::with_capacity(events));
         let mut projection = Projection::new(config.conversation_tail_len);
-        let stats = rebuild::rebuild(&wal, &mut projection, Some(&indexes))?;
+        let mut erasures = Vec::new();
+        let stats = rebuild::rebuild(&wal, &keys, &mut projection, Some(&indexes), &mut erasures)?;
+        // An erasure the log holds whose keys are still in the key store (a crash between the
+        // two): finish it before anything is served.
+        erase::finish_erasures(&keys, &erasures).map_err(StoreError::KeyStore)?;
         let (appender, requests) = std::sync::mpsc::channel();
         let writer_role = Arc::new(writer::WriterRole::default());
         let writer = {
@@ -143,7 +163,7 @@ impl Store {
         tracing::info!(events = stats.events, end = %stats.end, "rebuilt the log projection");
         let (applied, _) = watch::channel(projection.applied_end());
         let shutdown = Arc::new(AtomicBool::new(false));
-        let fanout = subscribe::Fanout::new(wal.clone(), stats.end, shutdown.clone());
+        let fanout = subscribe::Fanout::new(wal.clone(), keys.clone(), stats.end, shutdown.clone());
         let inner = Arc::new(Inner {
             config,
             wal,
@@ -160,6 +180,7 @@ impl Store {
             followers: Mutex::new(Vec::new()),
             fanout,
             log_id,
+            keys,
         });
         let weak = Arc::downgrade(&inner);
         let reader = inner.wal.reader(stats.end)?;
@@ -188,6 +209,11 @@ impl Store {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
+    }
+
+    /// The subjects' keyring (the key store).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.inner.keys
     }
 
     /// The id of the log (given when it was created; every sink records it with its cursors).

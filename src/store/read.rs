@@ -103,8 +103,12 @@ impl Store {
     }
 
     /// Reads the events at `positions` (in the order given).
-    async fn read_positions(&self, positions: Vec<Position>) -> Result<Vec<RecordedEvent>> {
+    pub(super) async fn read_positions(
+        &self,
+        positions: Vec<Position>,
+    ) -> Result<Vec<RecordedEvent>> {
         let wal = self.inner.wal.clone();
+        let keys = self.inner.keys.clone();
         tokio::task::spawn_blocking(move || {
             positions
                 .into_iter()
@@ -115,7 +119,7 @@ impl Store {
                         .ok_or(StoreError::Task(format!(
                             "position {position} is not durable"
                         )))?;
-                    decode_record(record.position, &record.data)
+                    decode_record(record.position, &record.data, &keys)
                         .map_err(|source| StoreError::Decode { position, source })
                 })
                 .collect()
@@ -130,6 +134,7 @@ impl Store {
     /// A log or decode error.
     pub async fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>> {
         let wal = self.inner.wal.clone();
+        let keys = self.inner.keys.clone();
         tokio::task::spawn_blocking(move || {
             let mut reader = wal.reader(from)?;
             let mut events = Vec::new();
@@ -137,14 +142,12 @@ impl Store {
                 let Some(record) = reader.next_record()? else {
                     break;
                 };
-                events.push(
-                    decode_record(record.position, &record.data).map_err(|source| {
-                        StoreError::Decode {
-                            position: record.position,
-                            source,
-                        }
-                    })?,
-                );
+                events.push(decode_record(record.position, &record.data, &keys).map_err(
+                    |source| StoreError::Decode {
+                        position: record.position,
+                        source,
+                    },
+                )?);
             }
             Ok(events)
         })
@@ -254,9 +257,10 @@ impl Store {
     pub async fn rebuild_projection(&self) -> Result<(Projection, RebuildStats)> {
         let wal = self.inner.wal.clone();
         let tail_len = self.inner.config.conversation_tail_len;
+        let keys = self.inner.keys.clone();
         tokio::task::spawn_blocking(move || {
             let mut projection = Projection::new(tail_len);
-            let stats = rebuild(&wal, &mut projection, None)?;
+            let stats = rebuild(&wal, &keys, &mut projection, None, &mut Vec::new())?;
             Ok((projection, stats))
         })
         .await

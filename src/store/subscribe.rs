@@ -75,6 +75,8 @@ struct State {
 pub(super) struct Fanout {
     state: Mutex<State>,
     wal: Wal,
+    /// Opens sealed fields.
+    keys: Arc<crate::crypto::Keyring>,
     shutdown: Arc<AtomicBool>,
     /// The log's durable end once the store has closed it: a subscription ends when it has
     /// handed out everything below it.
@@ -83,13 +85,19 @@ pub(super) struct Fanout {
 
 impl Fanout {
     /// A fan-out of `wal` from `from` (the log's end at open).
-    pub(super) fn new(wal: Wal, from: Position, shutdown: Arc<AtomicBool>) -> Arc<Fanout> {
+    pub(super) fn new(
+        wal: Wal,
+        keys: Arc<crate::crypto::Keyring>,
+        from: Position,
+        shutdown: Arc<AtomicBool>,
+    ) -> Arc<Fanout> {
         Arc::new(Fanout {
             state: Mutex::new(State {
                 next: from,
                 ..State::default()
             }),
             wal,
+            keys,
             shutdown,
             final_end: Mutex::new(None),
         })
@@ -116,7 +124,7 @@ impl Fanout {
             Err(error) => return self.stop_with(Some(error.into())),
         };
         while !self.shutdown.load(Ordering::Relaxed) {
-            match read_batch(&mut reader) {
+            match read_batch(&mut reader, &self.keys) {
                 Ok(None) => {}
                 Ok(Some(Batch { events, failure })) => {
                     self.hand_out(&events);
@@ -228,7 +236,7 @@ struct Batch {
 
 /// Waits (up to [`SHUTDOWN_CHECK`]) for a durable record, then reads and decodes what is durable
 /// after it, up to [`BATCH_EVENTS_MAX`]. `None`: nothing new yet.
-fn read_batch(reader: &mut Reader) -> Result<Option<Batch>> {
+fn read_batch(reader: &mut Reader, keys: &crate::crypto::Keyring) -> Result<Option<Batch>> {
     let Some(first) = reader.next_blocking(SHUTDOWN_CHECK)? else {
         return Ok(None);
     };
@@ -241,7 +249,7 @@ fn read_batch(reader: &mut Reader) -> Result<Option<Batch>> {
     }
     let mut events = Vec::with_capacity(records.len());
     for record in records {
-        match decode_record(record.position, &record.data) {
+        match decode_record(record.position, &record.data, keys) {
             Ok(event) => events.push(Arc::new(event)),
             Err(source) => {
                 // The events before the undecodable record are delivered, then the error.
@@ -394,9 +402,10 @@ impl Subscription {
                 Err(error) => return closed(error.into()),
             },
         };
+        let keys = self.fanout.keys.clone();
         let (reader, batch) = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
-            let batch = read_batch(&mut reader);
+            let batch = read_batch(&mut reader, &keys);
             (reader, batch)
         })
         .await

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 mod demo;
+mod erase;
 mod migrate;
 mod remote;
 mod serve;
@@ -97,6 +98,41 @@ enum Command {
         format: Format,
         #[command(subcommand)]
         what: migrate::ReadWhat,
+    },
+    /// Erase a person (a chat partner, or a user and their private chat) from the log, the key
+    /// store and every projection, and print the receipt (JSON): exit 0 when every sink reached
+    /// the erasure, 1 when one did not in time (ask again with --receipt), 2 when it could not
+    /// run.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
+    Erase {
+        #[command(flatten)]
+        bot: BotArg,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The chat partner's chat id.
+        #[arg(
+            long,
+            value_name = "CHAT",
+            group = "target",
+            allow_hyphen_values = true
+        )]
+        chat: Option<i64>,
+        /// The user's id (their private chat goes too).
+        #[arg(
+            long,
+            value_name = "USER",
+            group = "target",
+            allow_hyphen_values = true
+        )]
+        user: Option<i64>,
+        /// Ask again for this receipt (checking the sinks that had not reached the erasure).
+        #[arg(long, value_name = "ID", group = "target")]
+        receipt: Option<uuid::Uuid>,
+        /// Longest wait for the sinks, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        wait: u64,
     },
     /// Simulate the bot's message loop through the store on the embedded default (log only, no
     /// servers) and report throughput and latency; leaves a log the audit tool can inspect.
@@ -331,6 +367,27 @@ fn main() -> ExitCode {
             },
             None => migrate::read_command(&data_dir, &db, &bot.bot, &what, min_position, format),
         },
+        Command::Erase {
+            bot,
+            db,
+            remote,
+            chat,
+            user,
+            receipt,
+            wait,
+        } => {
+            let target = match (chat, user, receipt) {
+                (Some(chat), _, _) => erase::Target::Chat(chat),
+                (_, Some(user), _) => erase::Target::User(user),
+                (_, _, Some(id)) => erase::Target::Receipt(id),
+                _ => unreachable!("clap requires one target"),
+            };
+            let wait = std::time::Duration::from_secs(wait);
+            match remote.remote() {
+                Some(remote) => on_runtime(erase::erase_remote(&remote, &bot.bot, target, wait)),
+                None => erase::erase_command(&data_dir, &db, &bot.bot, target, wait),
+            }
+        }
         Command::Demo {
             chats,
             exchanges,
@@ -494,6 +551,19 @@ struct BotArg {
     bot: hybridstore::BotId,
 }
 
+/// The store's configuration for `data_dir`, with the master key from the environment. Exit 2
+/// (said why) on a bad master key.
+pub(crate) fn store_config(
+    data_dir: &std::path::Path,
+) -> Result<hybridstore::StoreConfig, ExitCode> {
+    hybridstore::StoreConfig::new(data_dir)
+        .with_master_key_from_env()
+        .map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        })
+}
+
 fn parse_bot_id(id: &str) -> Result<hybridstore::BotId, hybridstore::InputError> {
     hybridstore::BotId::new(id)
 }
@@ -509,7 +579,10 @@ where
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let config = hybridstore::StoreConfig::new(data_dir);
+        let config = match store_config(data_dir) {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
         let store = match hybridstore::Store::open(config).await {
             Ok(store) => store,
             Err(error) => {

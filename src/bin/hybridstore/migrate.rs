@@ -102,7 +102,7 @@ async fn open(data_dir: &Path, db: &DbArgs) -> Result<Hybrid, ExitCode> {
         eprintln!("error: {error}");
         ExitCode::from(2)
     })?;
-    let mut config = HybridConfig::new(hybridstore::StoreConfig::new(data_dir));
+    let mut config = HybridConfig::new(super::store_config(data_dir)?);
     config.postgres = postgres;
     config.cache = super::cache_config().map_err(|error| {
         eprintln!("error: {error}");
@@ -125,7 +125,7 @@ async fn open(data_dir: &Path, db: &DbArgs) -> Result<Hybrid, ExitCode> {
 }
 
 /// Runs `command` on a fresh runtime with the handle open, then closes it.
-fn with_hybrid<F>(data_dir: &Path, db: &DbArgs, command: F) -> ExitCode
+pub(crate) fn with_hybrid<F>(data_dir: &Path, db: &DbArgs, command: F) -> ExitCode
 where
     F: AsyncFnOnce(&Hybrid) -> ExitCode,
 {

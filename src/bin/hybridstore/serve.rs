@@ -125,7 +125,11 @@ pub fn serve_command(data_dir: &Path, args: ServeArgs) -> ExitCode {
             if !(0.0..=1.0).contains(&args.shadow_rate) {
                 return fail(format!("--shadow-rate {} is not between 0 and 1", args.shadow_rate));
             }
-            let mut hybrid_config = HybridConfig::new(hybridstore::StoreConfig::new(data_dir));
+            let store_config = match hybridstore::StoreConfig::new(data_dir).with_master_key_from_env() {
+                Ok(config) => config,
+                Err(error) => return fail(error.to_string()),
+            };
+            let mut hybrid_config = HybridConfig::new(store_config);
             hybrid_config.routing.shadow_rate = args.shadow_rate;
             hybrid_config.window = hybridstore::read::shadow::WindowRule {
                 reads_min: args.shadow_window_reads,

@@ -155,6 +155,11 @@ async fn commit_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<(), PgError> {
         projection.apply(event);
     }
     model::write(&mut tx, &projection, &keys, Some(&prior)).await?;
+    if !keys.erasures.is_empty() {
+        crate::read::shadow::forget_erased(&mut tx, &keys.erasures)
+            .await
+            .map_err(query("forget erased shadow mismatches"))?;
+    }
     if active.contains(Component::Conversations) {
         let mut messages = MessageRows::default();
         for event in batch.events {

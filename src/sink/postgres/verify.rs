@@ -100,6 +100,8 @@ pub async fn verify(
     components: ComponentSet,
 ) -> Result<VerifyReport, PgError> {
     let log = open_log(data_dir)?;
+    let keys = crate::crypto::Keyring::for_tool(data_dir, log.log_id(), true)
+        .map_err(|e| PgError::Store(crate::StoreError::KeyStore(e)))?;
     let log_end = log.durable_end();
     let query = |what| move |error| PgError::Query { what, error };
     let mut conn = pool.acquire().await.map_err(query("connect"))?;
@@ -147,6 +149,7 @@ pub async fn verify(
             &log,
             Position(0),
             Some(at),
+            &keys,
             |_| {},
             |event| {
                 if set.contains(Component::Conversations) {

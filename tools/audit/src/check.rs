@@ -58,6 +58,21 @@ impl LogDir {
         })
     }
 
+    /// The key store beside the log (a data directory's `keys/`), read-only, with the master
+    /// key from the environment; a keyring without keys when there is none (sealed fields then
+    /// show as locked).
+    ///
+    /// # Errors
+    /// A damaged key store, or a wrapped one without its master key.
+    pub fn keyring(&self) -> anyhow::Result<hybridstore::crypto::Keyring> {
+        let data_dir = match self.path.parent() {
+            Some(parent) if self.path.file_name() == Some(WAL_SUBDIR_NAME.as_ref()) => parent,
+            _ => return Ok(hybridstore::crypto::Keyring::keyless()),
+        };
+        hybridstore::crypto::Keyring::for_tool(data_dir, None, false)
+            .with_context(|| format!("cannot read the key store of {}", data_dir.display()))
+    }
+
     /// Lists the segments again (after a repair changed them).
     ///
     /// # Errors

@@ -114,6 +114,7 @@ pub fn dump(
     out: &mut dyn Write,
     diagnostics: &mut dyn Write,
 ) -> anyhow::Result<Verdict> {
+    let keys = log.keyring()?;
     let from = range.from.unwrap_or_default();
     let finding = range.filter.is_some();
     let mut printer = Printer {
@@ -126,6 +127,7 @@ pub fn dump(
         format,
         out,
         error: None,
+        keys: &keys,
     };
     for index in 0..log.segments.len() {
         if printer.finished() {
@@ -185,6 +187,8 @@ struct Printer<'a> {
     out: &'a mut dyn Write,
     /// The first write error; once set, nothing more is written.
     error: Option<io::Error>,
+    /// Opens sealed personal fields (erased or locked ones show as such).
+    keys: &'a hybridstore::crypto::Keyring,
 }
 
 impl Printer<'_> {
@@ -202,7 +206,7 @@ impl Printer<'_> {
         // decodes; `flatten` only drops errors that cannot occur.
         for payload in scanned.frame.records().flatten() {
             if position >= self.from && !self.finished() {
-                let decoded = decode_record(position, payload);
+                let decoded = decode_record(position, payload, self.keys);
                 if let Some(filter) = &self.filter {
                     match &decoded {
                         Ok(event) if filter.matches(event) => self.matched += 1,
@@ -308,7 +312,12 @@ mod tests {
             &Event::ProfileCreated(ProfileCreated { name }),
         )
         .unwrap();
-        decode_record(Position(3), &stored.encode().unwrap()).unwrap()
+        decode_record(
+            Position(3),
+            &stored.encode().unwrap(),
+            &hybridstore::crypto::Keyring::keyless(),
+        )
+        .unwrap()
     }
 
     fn uuid_v7() -> uuid::Uuid {

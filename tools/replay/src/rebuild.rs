@@ -211,6 +211,12 @@ pub async fn rebuild(
             config.data_dir.display()
         )
     })?;
+    // Strict: a sealed event whose key is not at hand fails the replay (blanks are never
+    // projected for texts that could not be opened); erased ones replay as erased.
+    let keys = std::sync::Arc::new(
+        hybridstore::crypto::Keyring::for_tool(&config.data_dir, Some(log_id), true)
+            .with_context(|| format!("the key store of {}", config.data_dir.display()))?,
+    );
     let live = live_schema(pool).await?;
     let source = describe_source(pool, &live, log_id, config).await?;
     // A connection of its own (not pooled): the rebuild's advisory lock lives and dies with it.
@@ -218,7 +224,7 @@ pub async fn rebuild(
         .await
         .context("connecting")?;
     lock_out_other_rebuilds(&mut conn).await?;
-    let state = resume_or_create(&mut conn, &log, log_id, &live, &source, config).await?;
+    let state = resume_or_create(&mut conn, &log, &keys, log_id, &live, &source, config).await?;
     let from = position_of(state.from_position);
     let to = position_of(state.to_position);
     let next = position_of(state.next_position);
@@ -235,7 +241,7 @@ pub async fn rebuild(
     let cursor = Cursor {
         next: to,
         last_event: match to.0.checked_sub(1) {
-            Some(last) => event_at(&log, Position(last))?.map(|e| e.event_id),
+            Some(last) => event_at(&log, Position(last), &keys)?.map(|e| e.event_id),
             None => None,
         },
     };
@@ -251,7 +257,17 @@ pub async fn rebuild(
         "staging ready"
     );
     let span = Span { from, next, to };
-    let next = match replay_chunks(&mut conn, log, projection, span, config, interrupt).await? {
+    let next = match replay_chunks(
+        &mut conn,
+        log,
+        keys.clone(),
+        projection,
+        span,
+        config,
+        interrupt,
+    )
+    .await?
+    {
         Replayed::Done(next) => next,
         Replayed::Interrupted(at) => return Ok(Outcome::Interrupted { at }),
     };
@@ -324,6 +340,7 @@ async fn describe_source(
 async fn resume_or_create(
     conn: &mut PgConnection,
     log: &Wal,
+    keys: &hybridstore::crypto::Keyring,
     log_id: LogId,
     live: &str,
     source: &str,
@@ -365,7 +382,7 @@ async fn resume_or_create(
                 Some(to) => to,
                 None => log_end,
             };
-            create_staging(conn, log, log_id, live, source, config, to).await
+            create_staging(conn, log, keys, log_id, live, source, config, to).await
         }
     }
 }
@@ -390,6 +407,7 @@ enum Replayed {
 async fn replay_chunks(
     conn: &mut PgConnection,
     log: Wal,
+    keyring: std::sync::Arc<hybridstore::crypto::Keyring>,
     projection: Projection,
     span: Span,
     config: &RebuildConfig,
@@ -407,9 +425,9 @@ async fn replay_chunks(
         .spawn(move || {
             produce(
                 &log,
+                &keyring,
                 projection,
-                start,
-                to,
+                start..to,
                 components,
                 chunk_events,
                 &sender,
@@ -536,9 +554,11 @@ async fn read_state(conn: &mut PgConnection) -> anyhow::Result<Option<State>> {
 
 /// Step 1: the staging schema, its tables (with the live rows when starting from a checkpoint)
 /// and the state row, in one transaction.
+#[allow(clippy::too_many_arguments)]
 async fn create_staging(
     conn: &mut PgConnection,
     log: &Wal,
+    keys: &hybridstore::crypto::Keyring,
     log_id: LogId,
     live: &str,
     source: &str,
@@ -565,7 +585,7 @@ async fn create_staging(
             let cursors = model::cursors(&mut tx, false).await?;
             let log_end = log.durable_end();
             check_identity("postgres", &cursors, log_id, log_end, |at| {
-                event_at(log, at)?
+                event_at(log, at, keys)?
                     .map(|e| e.event_id)
                     .ok_or_else(|| anyhow::anyhow!("no event at position {at}"))
             })??;
@@ -665,9 +685,12 @@ const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
 /// Step 2, on its own thread: read, decode, apply, encode; hand over a chunk at a time.
 fn produce(
     log: &hybridstore_wal::Wal,
+    keyring: &hybridstore::crypto::Keyring,
     mut projection: Projection,
-    from: Position,
-    to: Position,
+    std::ops::Range {
+        start: from,
+        end: to,
+    }: std::ops::Range<Position>,
     components: ComponentSet,
     chunk_events: usize,
     sender: &tokio::sync::mpsc::Sender<anyhow::Result<Chunk>>,
@@ -682,6 +705,7 @@ fn produce(
         log,
         from,
         Some(to),
+        keyring,
         |_| {},
         |event| {
             keys.note(&event, components);

@@ -16,6 +16,7 @@ pub async fn load(
     let set = projection.components();
     if set.contains(Component::Users) {
         load_users(conn, rows, projection).await?;
+        load_erasures(conn, rows, projection).await?;
     }
     if set.contains(Component::Profiles) {
         load_profiles(conn, rows, projection).await?;
@@ -50,6 +51,59 @@ pub(super) type UserRow = (
     serde_json::Value,
     i64,
 );
+
+/// The erasure marks (all of them, or those a batch sets).
+pub(super) async fn load_erasures(
+    conn: &mut PgConnection,
+    rows: Rows<'_>,
+    projection: &mut Projection,
+) -> Result<(), PgError> {
+    let sql = "SELECT bot_id, kind, subject_id, position FROM erasures";
+    let found: Vec<(String, String, i64, i64)> = match rows {
+        Rows::All => sqlx::query_as(sql).fetch_all(&mut *conn).await,
+        Rows::Of(keys) => {
+            if keys.erasures.is_empty() {
+                return Ok(());
+            }
+            let (mut bots, mut kinds, mut ids) = (vec![], vec![], vec![]);
+            for (bot_id, kind, id) in &keys.erasures {
+                bots.push(bot_id.to_string());
+                kinds.push(kind.as_str());
+                ids.push(*id);
+            }
+            sqlx::query_as(
+                "SELECT bot_id, kind, subject_id, position FROM erasures WHERE \
+                 (bot_id, kind, subject_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], \
+                 $3::int8[]))",
+            )
+            .bind(bots)
+            .bind(kinds)
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await
+        }
+    }
+    .map_err(query_error("load erasures"))?;
+    for (bot_id, kind, id, position) in found {
+        let kind = match kind.as_str() {
+            "chat" => SubjectKind::Chat,
+            "user" => SubjectKind::User,
+            other => {
+                return Err(PgError::BadRow {
+                    table: "erasures",
+                    reason: format!("kind {other:?}"),
+                })
+            }
+        };
+        projection.insert_erasure(
+            bot("erasures", bot_id)?,
+            kind,
+            id,
+            Position(uncounter("erasures", position)?),
+        );
+    }
+    Ok(())
+}
 
 pub(super) async fn load_users(
     conn: &mut PgConnection,

@@ -23,7 +23,9 @@ use uuid::Uuid;
 use super::mapping::{json_in, json_out, opt_text_in, opt_text_out, text_in, text_out};
 use super::PgError;
 use crate::events::{Identity, RecordedEvent};
-use crate::ids::{BotId, Component, ComponentSet, MigrationState, StreamKind, Timestamp};
+use crate::ids::{
+    BotId, Component, ComponentSet, MigrationState, StreamKind, SubjectKind, Timestamp,
+};
 use crate::projection::{
     ConversationHead, ConversationView, Direction, Keys, MessageView, ProfileDocument, Projection,
     UserView,
@@ -33,7 +35,7 @@ use crate::sink::{Cursor, Cursors};
 /// The tables of each component, in the order a rebuild creates them.
 pub fn component_tables(component: Component) -> &'static [&'static str] {
     match component {
-        Component::Users => &["users"],
+        Component::Users => &["users", "erasures"],
         Component::Profiles => &["profiles", "profile_summaries", "profile_facts"],
         Component::Conversations => &["conversations", "messages", "followups"],
         Component::Configuration => &["config_values", "component_states"],

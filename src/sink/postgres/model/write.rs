@@ -23,6 +23,7 @@ pub async fn write(
     let set = projection.components();
     if set.contains(Component::Users) {
         write_users(conn, projection, keys).await?;
+        write_erasures(conn, projection, keys).await?;
     }
     if set.contains(Component::Profiles) {
         write_profiles(conn, projection, keys, prior).await?;
@@ -62,6 +63,39 @@ pub(super) async fn delete_keyed(
     .execute(&mut *conn)
     .await
     .map_err(query_error(what))?;
+    Ok(())
+}
+
+/// The erasure marks a batch set (a mark is never removed: the log holds the erasure).
+pub(super) async fn write_erasures(
+    conn: &mut PgConnection,
+    projection: &Projection,
+    keys: &Keys,
+) -> Result<(), PgError> {
+    let (mut bots, mut kinds, mut ids, mut positions) = (vec![], vec![], vec![], vec![]);
+    for (bot_id, kind, id) in &keys.erasures {
+        if let Some(position) = projection.erasure(bot_id, *kind, *id) {
+            bots.push(bot_id.to_string());
+            kinds.push(kind.as_str());
+            ids.push(*id);
+            positions.push(counter(position.0));
+        }
+    }
+    if bots.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO erasures (bot_id, kind, subject_id, position) SELECT b, k, i, p FROM \
+         UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) AS t(b, k, i, p) \
+         ON CONFLICT (bot_id, kind, subject_id) DO UPDATE SET position = EXCLUDED.position",
+    )
+    .bind(bots)
+    .bind(kinds)
+    .bind(ids)
+    .bind(positions)
+    .execute(&mut *conn)
+    .await
+    .map_err(query_error("write erasures"))?;
     Ok(())
 }
 
