@@ -72,7 +72,7 @@ pub(super) enum EpochRecord {
 /// Bytes sealed with the master key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Wrapped {
-    pub nonce: [u8; 24],
+    pub nonce: [u8; super::NONCE_LEN],
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }

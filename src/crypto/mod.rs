@@ -1,6 +1,6 @@
 //! Crypto-shredding (design §10): a data key per subject, kept in a key store beside the log;
 //! the personal fields of each event on the subject's stream sealed with it
-//! (XChaCha20-Poly1305); erasure destroys the key.
+//! (AES-256-GCM, random 96-bit nonces); erasure destroys the key.
 //!
 //! - A **subject** is the stream its events are on: a chat partner (`conv-{bot}-{chat}`) or a
 //!   user (`user-{bot}-{user}`). Its keys are numbered by **epoch**: an erasure destroys every
@@ -19,10 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hybridstore_wal::io::FileSystem;
 use hybridstore_wal::LogId;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::{Zeroize, Zeroizing};
 
 pub use keyfile::KEYS_SUBDIR;
@@ -90,9 +89,15 @@ pub enum KeyStoreError {
     ReadOnly,
 }
 
-/// A 256-bit key, wiped from memory when dropped.
+/// A 256-bit AES-256-GCM key: its bytes are wiped from memory when dropped (ring's expanded
+/// key schedule is not). Cloning shares it.
 #[derive(Clone)]
-pub struct DataKey(Zeroizing<[u8; 32]>);
+pub struct DataKey(Arc<KeyInner>);
+
+struct KeyInner {
+    bytes: Zeroizing<[u8; 32]>,
+    aead: LessSafeKey,
+}
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,59 +105,78 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
+/// Bytes of a nonce (96 bits, random: a key seals at most a subject's events, far below the
+/// 2^32 messages per key AES-GCM allows with random nonces).
+pub const NONCE_LEN: usize = 12;
+
 impl DataKey {
     fn random() -> Result<DataKey, KeyStoreError> {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::getrandom(&mut key[..]).map_err(|e| KeyStoreError::Random(e.to_string()))?;
-        Ok(DataKey(key))
+        Ok(DataKey::from_array(key))
+    }
+
+    fn from_array(bytes: Zeroizing<[u8; 32]>) -> DataKey {
+        let unbound = UnboundKey::new(&AES_256_GCM, &bytes[..]).expect("a 32-byte AES-256 key");
+        DataKey(Arc::new(KeyInner {
+            bytes,
+            aead: LessSafeKey::new(unbound),
+        }))
     }
 
     fn from_slice(bytes: &[u8]) -> Option<DataKey> {
         let array: [u8; 32] = bytes.try_into().ok()?;
-        Some(DataKey(Zeroizing::new(array)))
+        Some(DataKey::from_array(Zeroizing::new(array)))
     }
 
     /// The key's bytes (tests look for them on disk after an erasure).
     pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.0.bytes
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new((&*self.0).into())
-    }
-
-    /// Seals `plaintext`, bound to `aad`: a fresh random nonce and the ciphertext with its tag.
+    /// Seals `plaintext`, bound to `aad`: a fresh random nonce and the ciphertext with its
+    /// 16-byte tag.
     pub(crate) fn seal(
         &self,
         plaintext: &[u8],
         aad: &[u8],
-    ) -> Result<([u8; 24], Vec<u8>), KeyStoreError> {
-        let mut nonce = [0u8; 24];
-        getrandom::getrandom(&mut nonce).map_err(|e| KeyStoreError::Random(e.to_string()))?;
-        let ciphertext = self
-            .cipher()
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyStoreError> {
+        use rand::RngCore as _;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut buffer = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
+        buffer.extend_from_slice(plaintext);
+        self.0
+            .aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buffer,
             )
             .map_err(|_| KeyStoreError::Random("sealing failed".into()))?;
-        Ok((nonce, ciphertext))
+        Ok((nonce, buffer))
     }
 
     /// Opens what [`DataKey::seal`] sealed; `None` if it was not sealed with this key and `aad`.
-    pub(crate) fn open(&self, nonce: &[u8; 24], ciphertext: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-        self.cipher()
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
+    pub(crate) fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Option<Vec<u8>> {
+        let mut buffer = ciphertext.to_vec();
+        let len = self
+            .0
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut buffer,
             )
-            .ok()
+            .ok()?
+            .len();
+        buffer.truncate(len);
+        Some(buffer)
     }
 }
 

@@ -60,7 +60,7 @@ pub struct StoredEvent {
 
 /// An event's personal fields, sealed (design §10; `crate::crypto`). The payload holds them
 /// blanked; the plaintext sealed here is the postcard of their values (`Vec<Option<String>>`,
-/// in the catalogue's personal-field order), XChaCha20-Poly1305 with the subject's key at
+/// in the catalogue's personal-field order), AES-256-GCM with the subject's key at
 /// `epoch`, bound (as associated data) to the event id, the epoch, the stream, the type and its
 /// schema version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub struct SealedFields {
     /// The subject's key epoch.
     pub epoch: u32,
     /// A random nonce.
-    pub nonce: [u8; 24],
+    pub nonce: [u8; crate::crypto::NONCE_LEN],
     /// The ciphertext and its 16-byte tag.
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
