@@ -226,7 +226,8 @@ impl Store {
         stream: &StreamId,
         events: &[NewEvent],
     ) -> Result<Option<(u32, DataKey)>> {
-        if !matches!(stream.kind(), StreamKind::User | StreamKind::Conversation)
+        if !self.inner.config.seal_personal_fields
+            || !matches!(stream.kind(), StreamKind::User | StreamKind::Conversation)
             || !events.iter().any(|e| e.event.has_personal_fields())
         {
             return Ok(None);

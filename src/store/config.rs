@@ -33,6 +33,11 @@ pub struct StoreConfig {
     /// clear, readable by whoever can read the data directory). The CLI and the daemon take it
     /// from `HYBRIDSTORE_MASTER_KEY` or `HYBRIDSTORE_MASTER_KEY_FILE`.
     pub master_key: Option<crate::crypto::MasterKey>,
+    /// Whether personal fields are sealed with their subject's key (on by default). Off, new
+    /// events are written in the clear: an erasure then clears the projections but cannot
+    /// shred those events, and its receipt counts them as plaintext. For logs whose texts must
+    /// stay readable without the key store (and the benchmark's baseline).
+    pub seal_personal_fields: bool,
     /// Test-only: the key store writes without fdatasync / directory fsync (the mutation the
     /// key-durability test must catch). Never set it outside tests.
     #[doc(hidden)]
@@ -50,6 +55,7 @@ impl StoreConfig {
             read_wait_max: Duration::from_secs(2),
             appends_by_caller: true,
             master_key: None,
+            seal_personal_fields: true,
             key_store_skips_sync_for_tests: false,
         }
     }
