@@ -1037,3 +1037,118 @@ fn an_erasure_cut_before_the_key_is_destroyed_is_finished_at_open() {
     assert!(!slot_bytes.is_empty());
     drop(store);
 }
+
+const CHILD_DIR_ENV: &str = "HYBRIDSTORE_ERASE_TEST_CHILD_DIR";
+const CHILD_FIRST_CHAT_ENV: &str = "HYBRIDSTORE_ERASE_TEST_CHILD_FIRST_CHAT";
+
+/// Not a test on its own: the child process of `acknowledged_events_keep_their_keys_across_kill_9`
+/// (ignored; that test runs it). Appends one message to a new conversation after another (each
+/// a new subject, so each makes a key) and prints `ack CHAT` once its append returned.
+#[test]
+#[ignore = "the child process of acknowledged_events_keep_their_keys_across_kill_9"]
+fn kill_9_child_appends_to_new_subjects() {
+    use std::io::Write as _;
+    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+        return;
+    };
+    let first: i64 = std::env::var(CHILD_FIRST_CHAT_ENV)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(StoreConfig::new(&dir)).await.unwrap();
+        let mut out = std::io::stdout().lock();
+        for chat in first.. {
+            let stream = StreamId::conversation(&bot(), chat);
+            append(
+                &store,
+                &stream,
+                vec![received(&format!("text of chat {chat}"))],
+            )
+            .await;
+            writeln!(out, "ack {chat}").unwrap();
+            out.flush().unwrap();
+        }
+    });
+}
+
+/// Proves a process killed with SIGKILL while making keys never leaves an acknowledged event
+/// without its key: after each kill the store opens, and every acknowledged chat's message reads
+/// back whole.
+#[test]
+fn acknowledged_events_keep_their_keys_across_kill_9() {
+    use rand::{Rng as _, SeedableRng as _};
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut acked: Vec<i64> = Vec::new();
+    let mut next_first = 0i64;
+    for _round in 0..8 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kill_9_child_appends_to_new_subjects",
+                "--ignored",
+                "--nocapture",
+                "--quiet",
+            ])
+            .env(CHILD_DIR_ENV, dir.path())
+            .env(CHILD_FIRST_CHAT_ENV, next_first.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let wanted = rng.gen_range(3..40);
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut seen = 0;
+        while seen < wanted {
+            let Some(line) = lines.next() else { break };
+            let line = line.unwrap();
+            if let Some(chat) = line.strip_prefix("ack ") {
+                acked.push(chat.trim().parse().unwrap());
+                seen += 1;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Lines the child printed before the kill landed count too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(chat) = line.strip_prefix("ack ") {
+                acked.push(chat.trim().parse().unwrap());
+            }
+        }
+        assert!(seen > 0, "the child acknowledged nothing");
+        let store = Store::open_blocking(StoreConfig::new(dir.path()))
+            .expect("the store opens after a kill (no event without its key)");
+        for chat in &acked {
+            let events = runtime
+                .block_on(store.read_stream(
+                    &StreamId::conversation(&bot(), *chat),
+                    StreamVersion(0),
+                    hybridstore::store::ReadDirection::Forward,
+                    10,
+                ))
+                .unwrap();
+            assert_eq!(
+                events.first().map(|e| &e.event),
+                Some(&received(&format!("text of chat {chat}"))),
+                "chat {chat} was acknowledged"
+            );
+            assert!(matches!(events[0].personal, Personal::Sealed { epoch: 1 }));
+        }
+        runtime.block_on(store.close()).unwrap();
+        next_first = acked.iter().max().copied().unwrap_or(0) + 1_000;
+    }
+    assert!(acked.len() >= 8);
+}
