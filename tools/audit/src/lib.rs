@@ -14,6 +14,8 @@
 //! - [`dump`]: `dump` — records from a position, one line each, decoded as events with the
 //!   store's codec (`hybridstore::events`); records that do not decode are shown with the reason.
 //!   `find` is `dump` with a [`dump::Filter`]: a stream, an event id, or an idempotency key.
+//!   Both decode through the key store beside the log ([`check::LogDir::keyring`]): erased and
+//!   locked personal fields say so (`"<erased>"` for people, `event.personal` in JSON).
 //! - [`subjects`]: `subjects` — one pass over the log: every subject (chat partner or user) with
 //!   its event counts, its personal fields sealed, erased, locked or in plaintext, its erasures
 //!   and its keys in the key store.

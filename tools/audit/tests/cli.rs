@@ -1765,3 +1765,121 @@ fn subjects_on_fixtures_counts_undecodable_records_and_stops_at_damage() {
         )
     );
 }
+
+/// Proves the human `dump` shows the erased chat's personal fields as `<erased>` (with the
+/// erasure's position), never their texts, while the kept chat's and the plaintext chat's read.
+#[test]
+fn dump_human_shows_erased_fields_as_erased() {
+    let (_tmp, data, log) = subjects_data();
+    let output = audit([Path::new("dump"), &data]);
+    assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    for erased in ERASED_TEXTS {
+        assert!(!text.contains(erased), "{erased} shows: {text}");
+    }
+    for readable in KEPT_TEXTS.iter().chain(&PLAINTEXT_TEXTS) {
+        assert!(text.contains(readable), "{readable} is missing: {text}");
+    }
+    let erased: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(" stream=conv-subj-2 "))
+        .collect();
+    assert_eq!(erased.len(), 5, "{text}");
+    let suffix = format!(" personal=erased erased_at={}", log.chat_erased_at);
+    for (line, field) in erased.iter().zip([
+        r#"{"name":"<erased>"}"#,
+        r#""text":"<erased>""#,
+        r#""text":"<erased>""#,
+    ]) {
+        assert!(
+            line.contains(field) && line.ends_with(&suffix),
+            "{line} lacks {field} or {suffix}"
+        );
+    }
+    assert!(
+        erased[3].ends_with(r#"type=FollowupCancelled data={"followup_id":"f1"}"#),
+        "{}",
+        erased[3]
+    );
+    assert!(
+        erased[4].contains("type=ChatErased") && !erased[4].contains("personal="),
+        "{}",
+        erased[4]
+    );
+}
+
+/// Proves `find --stream` of the erased chat prints its events as JSON Lines with
+/// `personal.state` "erased" (the epoch, the erasure's position, the fields) and the blanks in
+/// `event.event`, exit 0 (events in the clear carry no `personal`, opened ones "sealed"); and
+/// `find --event-id` of an unknown id prints nothing, exit 1.
+#[test]
+fn find_shows_erased_events_and_an_unknown_id_exits_1() {
+    let (_tmp, data, log) = subjects_data();
+    let dir = data.to_str().unwrap();
+    let output = audit(["find", dir, "--stream", "conv-subj-2", "--format", "json"]);
+    assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    let events: Vec<&Value> = lines.iter().map(|l| &l["data"]["event"]).collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["event"]["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "ProfileCreated",
+            "MessageReceived",
+            "MessageSent",
+            "FollowupCancelled",
+            "ChatErased"
+        ]
+    );
+    for (event, field) in events.iter().zip(["name", "text", "text"]) {
+        assert_eq!(
+            event["personal"],
+            serde_json::json!({
+                "state": "erased",
+                "epoch": 1,
+                "erased_at": log.chat_erased_at,
+                "fields": [field],
+            }),
+            "{event}"
+        );
+        assert_eq!(
+            event["event"]["data"][field], "",
+            "the blank, not a placeholder"
+        );
+    }
+    for event in &events[3..] {
+        assert!(event.get("personal").is_none(), "{event}");
+    }
+    assert_eq!(events[4]["position"], log.chat_erased_at);
+    assert_eq!(
+        events[4]["event"]["data"]["keys"],
+        serde_json::json!([{ "stream": "conv-subj-2", "epoch": 1 }])
+    );
+
+    // The chat written partly in the clear: no `personal` for those, `sealed` for the later one.
+    let mixed = json_lines(&stdout(&audit([
+        "find",
+        dir,
+        "--stream",
+        "conv-subj-3",
+        "--format",
+        "json",
+    ])));
+    let states: Vec<Option<&Value>> = mixed
+        .iter()
+        .map(|l| l["data"]["event"].get("personal"))
+        .collect();
+    let sealed = serde_json::json!({ "state": "sealed", "epoch": 1 });
+    assert_eq!(states, [None, None, Some(&sealed)]);
+    assert_eq!(
+        mixed[2]["data"]["event"]["event"]["data"]["text"],
+        "said-sealed-later"
+    );
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let none = audit(["find", dir, "--event-id", &unknown, "--format", "json"]);
+    assert_eq!(code(&none), Some(1), "stderr: {}", stderr(&none));
+    assert!(stdout(&none).is_empty(), "{}", stdout(&none));
+}
