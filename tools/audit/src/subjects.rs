@@ -33,7 +33,8 @@
 //! [`UNDECODABLE_LISTED_MAX`] named on the diagnostic stream with the reason) or the frames have
 //! a problem: like `dump`, the scan stops there, the problem goes to the diagnostic stream, and
 //! what was read is listed, with `complete: false`. A key store that cannot be read (damaged,
-//! wrapped without its master key) is an error: the counts would be wrong. Read-only, no lock.
+//! another log's, wrapped without its master key) is an error: the counts would be wrong.
+//! Read-only, no lock.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;

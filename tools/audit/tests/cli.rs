@@ -1883,3 +1883,29 @@ fn find_shows_erased_events_and_an_unknown_id_exits_1() {
     assert_eq!(code(&none), Some(1), "stderr: {}", stderr(&none));
     assert!(stdout(&none).is_empty(), "{}", stdout(&none));
 }
+
+/// Proves a key store copied from another data directory is "could not run" (exit 2) for
+/// `subjects` and `dump`, saying whose it is, rather than read as this log's (its keys would
+/// not open a single sealed field here).
+#[test]
+fn another_logs_key_store_exits_2() {
+    let (_tmp, data, _) = subjects_data();
+    let (_other_tmp, other, _) = subjects_data();
+    let keys = data.join(hybridstore::crypto::KEYS_SUBDIR);
+    for entry in fs::read_dir(&keys).unwrap() {
+        fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    for entry in fs::read_dir(other.join(hybridstore::crypto::KEYS_SUBDIR)).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), keys.join(entry.file_name())).unwrap();
+    }
+    for command in ["subjects", "dump"] {
+        let output = audit([Path::new(command), &data]);
+        assert_eq!(code(&output), Some(2), "{command}: {}", stdout(&output));
+        let text = stderr(&output);
+        assert!(
+            text.contains("belongs to log") && text.contains("copied from another data directory"),
+            "{command}: {text}"
+        );
+    }
+}
