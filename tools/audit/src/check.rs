@@ -60,16 +60,21 @@ impl LogDir {
 
     /// The key store beside the log (a data directory's `keys/`), read-only, with the master
     /// key from the environment; a keyring without keys when there is none (sealed fields then
-    /// show as locked).
+    /// show as locked). Checked against the log's id, as the store checks it at open: another
+    /// log's key store would open no sealed field of this one. (Without a valid `log-id`, which
+    /// `verify` reports, there is nothing to check it against.)
     ///
     /// # Errors
-    /// A damaged key store, or a wrapped one without its master key.
+    /// A damaged key store, another log's, or a wrapped one without its master key.
     pub fn keyring(&self) -> anyhow::Result<hybridstore::crypto::Keyring> {
         let data_dir = match self.path.parent() {
             Some(parent) if self.path.file_name() == Some(WAL_SUBDIR_NAME.as_ref()) => parent,
             _ => return Ok(hybridstore::crypto::Keyring::keyless()),
         };
-        hybridstore::crypto::Keyring::for_tool(data_dir, None, false)
+        let log_id = read_log_id(&hybridstore_wal::io::StdFs, &self.path)
+            .ok()
+            .flatten();
+        hybridstore::crypto::Keyring::for_tool(data_dir, log_id, false)
             .with_context(|| format!("cannot read the key store of {}", data_dir.display()))
     }
 

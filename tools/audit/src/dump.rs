@@ -9,13 +9,26 @@
 //! change the verdict: `dump` shows what is there, `verify` judges frames. `--raw` adds the bytes
 //! (and, for people, the frame) to decoded records too.
 //!
+//! Records are decoded through the key store beside the log ([`LogDir::keyring`], non-strict),
+//! so sealed personal fields show opened, and the ones that cannot be opened say why:
+//! - JSON: `event.personal` is absent for an event in the clear (no personal fields, not on a
+//!   subject's stream, or written before sealing existed), `{"state":"sealed","epoch":E}` for
+//!   one opened with its key, `{"state":"erased","epoch":E,"erased_at":P,"fields":[..]}` for one
+//!   sealed with a key the erasure at position P destroyed, and
+//!   `{"state":"locked","epoch":E,"fields":[..]}` for one sealed with a key the key store does
+//!   not hold (none beside the log, or an older one). `event.event` is the event as decoded: the
+//!   fields named in `fields` hold the blanks the log holds (`""`, `null`), never placeholders.
+//! - People: those fields show as `"<erased>"` or `"<locked>"` in the short data, and the line
+//!   ends in `personal=erased erased_at=P` or `personal=locked`. (`fields` names every personal
+//!   field of the type: an optional one that was empty shows as erased too.)
+//!
 //! Stops at the first problem with the frames: what was read is printed, the problem goes to the
 //! diagnostic stream, and the verdict is [`Verdict::Problems`]. Read-only, no lock.
 
 use std::io::{self, Write};
 
 use anyhow::Context as _;
-use hybridstore::events::{decode_record, RecordedEvent};
+use hybridstore::events::{decode_record, Personal, RecordedEvent};
 use hybridstore_wal::format::{Position, SegmentId};
 use hybridstore_wal::io::FileSystem;
 use hybridstore_wal::recovery::ScannedFrame;
@@ -260,6 +273,13 @@ impl Printer<'_> {
                 event.event.type_name(),
                 short_data_json(event)
             ));
+            match &event.personal {
+                Personal::Erased { erased_at, .. } => {
+                    line.push_str(&format!(" personal=erased erased_at={erased_at}"));
+                }
+                Personal::Locked { .. } => line.push_str(" personal=locked"),
+                Personal::Clear | Personal::Sealed { .. } => {}
+            }
         }
         if raw {
             line.push_str(&format!(
@@ -280,12 +300,33 @@ impl Printer<'_> {
     }
 }
 
-/// The event's `data` as one line of JSON, cut to [`HUMAN_DATA_LEN_MAX`] characters.
+/// What the human line shows for a personal field that is erased.
+pub const ERASED_PLACEHOLDER: &str = "<erased>";
+/// What the human line shows for a personal field sealed with a key not at hand.
+pub const LOCKED_PLACEHOLDER: &str = "<locked>";
+
+/// The event's `data` as one line of JSON, cut to [`HUMAN_DATA_LEN_MAX`] characters; erased and
+/// locked personal fields show as [`ERASED_PLACEHOLDER`] and [`LOCKED_PLACEHOLDER`], not as the
+/// blanks the event holds (which read like an empty message).
 fn short_data_json(event: &RecordedEvent) -> String {
-    let data = serde_json::to_value(&event.event)
+    let mut data = serde_json::to_value(&event.event)
         .ok()
         .and_then(|mut tagged| tagged.get_mut("data").map(serde_json::Value::take))
         .unwrap_or(serde_json::Value::Null);
+    let (fields, placeholder) = match &event.personal {
+        Personal::Erased { fields, .. } => (fields.as_slice(), ERASED_PLACEHOLDER),
+        Personal::Locked { fields, .. } => (fields.as_slice(), LOCKED_PLACEHOLDER),
+        Personal::Clear | Personal::Sealed { .. } => (&[][..], ""),
+    };
+    for field in fields {
+        // A field name is a path into the data: `text`, `identity.first_name`.
+        let slot = field
+            .split('.')
+            .try_fold(&mut data, |value, key| value.get_mut(key));
+        if let Some(slot) = slot {
+            *slot = serde_json::Value::String(placeholder.to_owned());
+        }
+    }
     let text = data.to_string();
     match text.char_indices().nth(HUMAN_DATA_LEN_MAX) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -322,6 +363,42 @@ mod tests {
 
     fn uuid_v7() -> uuid::Uuid {
         uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001)
+    }
+
+    /// Proves erased and locked personal fields show as placeholders in the human line's data
+    /// (nested ones too), and every other field as it is.
+    #[test]
+    fn short_data_json_shows_erased_and_locked_fields() {
+        let mut event = recorded(String::new());
+        event.personal = Personal::Erased {
+            epoch: 1,
+            erased_at: 9,
+            fields: vec!["name".into()],
+        };
+        assert_eq!(short_data_json(&event), r#"{"name":"<erased>"}"#);
+        event.personal = Personal::Locked {
+            epoch: 1,
+            fields: vec!["name".into()],
+        };
+        assert_eq!(short_data_json(&event), r#"{"name":"<locked>"}"#);
+        event.event = Event::UserRegistered(hybridstore::events::UserRegistered {
+            identity: hybridstore::events::Identity::default(),
+        });
+        event.personal = Personal::Erased {
+            epoch: 1,
+            erased_at: 9,
+            fields: vec!["identity.first_name".into(), "identity.last_name".into()],
+        };
+        let data: serde_json::Value = serde_json::from_str(&short_data_json(&event)).unwrap();
+        assert_eq!(
+            data["identity"],
+            serde_json::json!({
+                "username": null,
+                "first_name": "<erased>",
+                "last_name": "<erased>",
+                "language_code": null,
+            })
+        );
     }
 
     /// Proves the human line's data is the event's `data` object, cut at a character boundary.

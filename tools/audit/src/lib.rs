@@ -1,4 +1,5 @@
-//! `hybridstore-audit`: verify, inspect, dump and repair the segments of a hybridstore log.
+//! `hybridstore-audit`: verify, inspect, dump and repair the segments of a hybridstore log, and
+//! list its subjects.
 //!
 //! The tool reads segments with the engine's own scanner
 //! ([`hybridstore_wal::recovery::scan_segment`]), so it can never disagree with recovery about
@@ -13,6 +14,11 @@
 //! - [`dump`]: `dump` — records from a position, one line each, decoded as events with the
 //!   store's codec (`hybridstore::events`); records that do not decode are shown with the reason.
 //!   `find` is `dump` with a [`dump::Filter`]: a stream, an event id, or an idempotency key.
+//!   Both decode through the key store beside the log ([`check::LogDir::keyring`]): erased and
+//!   locked personal fields say so (`"<erased>"` for people, `event.personal` in JSON).
+//! - [`subjects`]: `subjects` — one pass over the log: every subject (chat partner or user) with
+//!   its event counts, its personal fields sealed, erased, locked or in plaintext, its erasures
+//!   and its keys in the key store.
 //! - [`repair`]: `repair` — the only command that writes: takes the writer lock, backs up what it
 //!   cuts, cuts, and verifies again.
 //!
@@ -24,6 +30,7 @@ pub mod dump;
 pub mod output;
 pub mod repair;
 pub mod stat;
+pub mod subjects;
 pub mod verify;
 
 pub use output::Format;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use hybridstore_audit::check::LogDir;
 use hybridstore_audit::dump::{DumpRange, Filter};
-use hybridstore_audit::{dump, is_broken_pipe, repair, stat, verify, Format, Verdict};
+use hybridstore_audit::{dump, is_broken_pipe, repair, stat, subjects, verify, Format, Verdict};
 use hybridstore_wal::io::StdFs;
 use hybridstore_wal::Position;
 
@@ -42,6 +42,13 @@ enum Command {
     /// nothing did (or frames are damaged), 2 when it could not run.
     #[command(group(clap::ArgGroup::new("what").required(true)))]
     Find(FindArgs),
+    /// List the subjects (chat partners `conv-B-C`, users `user-B-U`): their events, how many
+    /// have personal fields sealed, erased, locked or in plaintext, their erasures and keys.
+    ///
+    /// Exit 0 when every record decodes, 1 when one does not (counted, and named on stderr) or
+    /// frames are damaged (the listing stops there), 2 when it could not run (a damaged key
+    /// store included).
+    Subjects(SubjectsArgs),
     /// Cut a torn or corrupt log back to its last valid frame, backing up what is cut.
     ///
     /// Takes the writer lock (refuses while a writer has the log open), copies everything it cuts
@@ -124,6 +131,16 @@ struct FindArgs {
 }
 
 #[derive(Debug, Args)]
+struct SubjectsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Only this bot's subjects.
+    #[arg(long, value_name = "BOT")]
+    bot: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct RepairArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -160,6 +177,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
         Command::Verify(common) | Command::Stat(common) => common,
         Command::Dump(args) => &args.common,
         Command::Find(args) => &args.common,
+        Command::Subjects(args) => &args.common,
         Command::Repair(args) => &args.common,
     };
     let log = LogDir::locate(&fs, common.dir())?;
@@ -208,6 +226,14 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Verdict> {
                 &mut io::stderr().lock(),
             )
         }
+        Command::Subjects(args) => subjects::subjects(
+            &fs,
+            &log,
+            args.bot.as_deref(),
+            common.format,
+            out,
+            &mut io::stderr().lock(),
+        ),
         Command::Repair(args) => repair::repair(&fs, &log, args.dry_run, args.common.format, out),
     }
 }

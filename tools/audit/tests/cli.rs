@@ -1,6 +1,7 @@
-//! The `hybridstore-audit` binary end to end: `verify`, `stat`, `dump` and `repair` run as a child
-//! process on copies of the committed fixtures (never on the fixtures themselves), checking exit
-//! codes, outputs, backups, and that the writer opens the log after a repair.
+//! The `hybridstore-audit` binary end to end: `verify`, `stat`, `dump`, `find`, `subjects` and
+//! `repair` run as a child process on copies of the committed fixtures (never on the fixtures
+//! themselves) and on data directories written with the store, checking exit codes, outputs,
+//! backups, and that the writer opens the log after a repair.
 
 mod common;
 
@@ -1279,4 +1280,632 @@ fn dump_shows_component_state_transitions() {
     let data1 = &changes[1]["data"]["event"]["event"]["data"];
     assert_eq!(data1["to"], "disabled");
     assert_eq!(data1["automatic"], true);
+}
+
+// ---------------------------------------------------------------------------------- subjects
+
+/// What `write_subjects_log` wrote, to compare the audit's answers with.
+struct SubjectsLog {
+    /// Position of the `ChatErased` of conv-subj-2.
+    chat_erased_at: u64,
+    /// Position of the `UserErased` of user-other-5 (and its private chat conv-other-5).
+    user_erased_at: u64,
+    /// Every record in the log.
+    records: u64,
+}
+
+/// The personal texts of conv-subj-2, erased: they must show nowhere.
+const ERASED_TEXTS: [&str; 3] = ["Erika-erased", "said-erased-chat", "answered-erased-chat"];
+/// The personal texts of conv-subj-1, kept (sealed, readable with the key store).
+const KEPT_TEXTS: [&str; 3] = ["Karl-kept", "said-kept-chat", "answered-kept-chat"];
+/// The texts of conv-subj-3 written in the clear before the store first opened.
+const PLAINTEXT_TEXTS: [&str; 2] = ["said-in-the-clear-1", "said-in-the-clear-2"];
+
+/// Writes a data directory through the real store: for bot `subj`, chat 1 kept, chat 2 erased
+/// with `Store::erase` (three personal events and one without personal fields before it), chat 3
+/// with two events written in the clear by the log alone before the store first opened and one
+/// sealed after, user 7 with an identity, a configuration value on the bot's stream; for bot
+/// `other`, user 5 and their private chat, the user erased.
+fn write_subjects_log(data: &Path) -> SubjectsLog {
+    use hybridstore::events::{
+        ConfigValueSet, Event, FollowupCancelled, Identity, JsonText, MessageReceived, MessageSent,
+        ProfileCreated, StoredEvent, UserRegistered,
+    };
+    use hybridstore::ids::Subject;
+    use hybridstore::{
+        BotId, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId, StreamVersion, Timestamp,
+    };
+
+    let subj = BotId::new("subj").unwrap();
+    let other = BotId::new("other").unwrap();
+    let received = |text: &str| {
+        Event::MessageReceived(MessageReceived {
+            telegram_message_id: Some(1),
+            text: text.into(),
+            content_type: "text".into(),
+            legacy_ts: None,
+        })
+    };
+    let chat = |[name, said, answered]: [&str; 3]| {
+        vec![
+            Event::ProfileCreated(ProfileCreated { name: name.into() }),
+            received(said),
+            Event::MessageSent(MessageSent {
+                text: answered.into(),
+                kind: "reply".into(),
+                generation: None,
+                legacy_ts: None,
+            }),
+        ]
+    };
+    let registered = |first_name: &str| {
+        Event::UserRegistered(UserRegistered {
+            identity: Identity {
+                username: Some(format!("{first_name}_tg")),
+                first_name: Some(first_name.into()),
+                ..Identity::default()
+            },
+        })
+    };
+
+    // Events in the clear, as the log held them before sealing existed.
+    let wal = Wal::open(data.join(hybridstore::WAL_SUBDIR), Options::default()).unwrap();
+    let plaintext_stream = StreamId::conversation(&subj, 3);
+    for (version, text) in PLAINTEXT_TEXTS.iter().enumerate() {
+        let record = StoredEvent::new(
+            &plaintext_stream,
+            StreamVersion(version as u64),
+            (0, 1),
+            uuid::Uuid::now_v7(),
+            None,
+            Timestamp(1),
+            Timestamp(1),
+            &received(text),
+        )
+        .unwrap()
+        .encode()
+        .unwrap();
+        wal.append(&[record.as_slice()]).unwrap();
+    }
+    wal.close().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(StoreConfig::new(data)).await.unwrap();
+        let mut erased = chat(ERASED_TEXTS);
+        erased.push(Event::FollowupCancelled(FollowupCancelled {
+            followup_id: "f1".into(),
+        }));
+        let appends: Vec<(StreamId, Vec<Event>)> = vec![
+            (StreamId::conversation(&subj, 1), chat(KEPT_TEXTS)),
+            (StreamId::conversation(&subj, 2), erased),
+            (
+                plaintext_stream.clone(),
+                vec![received("said-sealed-later")],
+            ),
+            (StreamId::user(&subj, 7), vec![registered("Ulla")]),
+            (
+                StreamId::bot(&subj),
+                vec![Event::ConfigValueSet(ConfigValueSet {
+                    scope: "global".into(),
+                    key: "model".into(),
+                    value: JsonText::parse(r#""m1""#).unwrap(),
+                })],
+            ),
+            (StreamId::user(&other, 5), vec![registered("Otto")]),
+            (
+                StreamId::conversation(&other, 5),
+                vec![received("said-by-otto")],
+            ),
+        ];
+        for (stream, events) in appends {
+            let events = events.into_iter().map(NewEvent::new).collect();
+            store
+                .append(&stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+        let chat_erased = store
+            .erase(&Subject::Chat {
+                bot: subj.clone(),
+                chat_id: 2,
+            })
+            .await
+            .unwrap();
+        let user_erased = store
+            .erase(&Subject::User {
+                bot: other.clone(),
+                user_id: 5,
+            })
+            .await
+            .unwrap();
+        let records = store.durable_end().0;
+        store.close().await.unwrap();
+        SubjectsLog {
+            chat_erased_at: chat_erased.position.0,
+            user_erased_at: user_erased.position.0,
+            records,
+        }
+    })
+}
+
+/// A data directory written by `write_subjects_log`: the tempdir, the data directory, and what
+/// was written.
+fn subjects_data() -> (tempfile::TempDir, PathBuf, SubjectsLog) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = write_subjects_log(&data);
+    (tmp, data, log)
+}
+
+/// Proves `subjects --format json` gives each subject stream exactly its counts (the erased chat
+/// all erased, the kept chat all sealed, the chat written partly in the clear its plaintext
+/// events, a user's erasure counted on their private chat too), its key store state, and a
+/// summary adding them up; `--bot` lists one bot's subjects and totals; exit 0.
+#[test]
+fn subjects_json_counts_each_subject_exactly() {
+    let (_tmp, data, log) = subjects_data();
+    let (chat_at, user_at) = (log.chat_erased_at, log.user_erased_at);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["subjects", data.to_str().unwrap(), "--format", "json"];
+        args.extend_from_slice(extra);
+        let output = audit(args);
+        assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+        assert_eq!(stderr(&output), "");
+        json_lines(&stdout(&output))
+    };
+    let subject = |stream: &str,
+                   events: u64,
+                   personal_events: u64,
+                   [sealed, erased, plaintext]: [u64; 3],
+                   erased_at: Option<u64>,
+                   keys: Value| {
+        let (kind, rest) = stream.split_once('-').unwrap();
+        let (bot, id) = rest.split_once('-').unwrap();
+        serde_json::json!({
+            "type": "subject",
+            "data": {
+                "stream": stream,
+                "bot": bot,
+                "kind": if kind == "conv" { "chat" } else { "user" },
+                "id": id.parse::<i64>().unwrap(),
+                "events": events,
+                "personal_events": personal_events,
+                "sealed": sealed,
+                "erased": erased,
+                "locked": 0,
+                "plaintext": plaintext,
+                "undecodable": 0,
+                "erasures": u64::from(erased_at.is_some()),
+                "erased_at": erased_at,
+                "keys": keys,
+            }
+        })
+    };
+    let live = serde_json::json!({ "live": [1], "destroyed": [], "current": 1 });
+    let destroyed_at = |at: u64| serde_json::json!({ "live": [], "destroyed": [{"epoch": 1, "erased_at": at}], "current": null });
+    let other = [
+        // Otto's private chat: erased with him.
+        subject(
+            "conv-other-5",
+            1,
+            1,
+            [0, 1, 0],
+            Some(user_at),
+            destroyed_at(user_at),
+        ),
+        subject(
+            "user-other-5",
+            2,
+            1,
+            [0, 1, 0],
+            Some(user_at),
+            destroyed_at(user_at),
+        ),
+    ];
+    let subj = [
+        subject("conv-subj-1", 3, 3, [3, 0, 0], None, live.clone()),
+        // Three personal events, a follow-up cancelled, the erasure.
+        subject(
+            "conv-subj-2",
+            5,
+            3,
+            [0, 3, 0],
+            Some(chat_at),
+            destroyed_at(chat_at),
+        ),
+        subject("conv-subj-3", 3, 3, [1, 0, 2], None, live.clone()),
+        subject("user-subj-7", 1, 1, [1, 0, 0], None, live),
+    ];
+
+    let all = run(&[]);
+    let (summary, subjects) = all.split_last().unwrap();
+    let expected: Vec<Value> = [&other[..1], &subj[..3], &other[1..], &subj[3..]].concat();
+    assert_eq!(subjects, expected.as_slice());
+    assert_eq!(
+        summary,
+        &serde_json::json!({
+            "type": "summary",
+            "data": {
+                "dir": data.join("wal").display().to_string(),
+                "bot": null,
+                "subjects": 6,
+                "events": 15,
+                "personal_events": 12,
+                "sealed": 5,
+                "erased": 5,
+                "locked": 0,
+                "plaintext": 2,
+                "erasures": 2,
+                "records": log.records,
+                "undecodable_records": 0,
+                "end_position": log.records,
+                "complete": true,
+                "problem_count": 0,
+                "clean": true,
+            }
+        })
+    );
+
+    let of_subj = run(&["--bot", "subj"]);
+    let (summary, subjects) = of_subj.split_last().unwrap();
+    assert_eq!(subjects, subj.as_slice());
+    let totals = &summary["data"];
+    assert_eq!(
+        (
+            &totals["bot"],
+            &totals["subjects"],
+            &totals["events"],
+            &totals["erasures"],
+            &totals["records"]
+        ),
+        (
+            &Value::from("subj"),
+            &Value::from(4),
+            &Value::from(12),
+            &Value::from(1),
+            &Value::from(log.records)
+        ),
+        "--bot narrows the listing and its totals, not the scan"
+    );
+    let of_other = run(&["--bot", "other"]);
+    assert_eq!(&of_other[..2], other.as_slice());
+    assert_eq!(of_other[2]["data"]["erasures"], 1);
+}
+
+/// Proves the human `subjects` prints a header, one aligned row per subject saying which are
+/// erased and which hold plaintext, and the totals line; exit 0.
+#[test]
+fn subjects_human_has_rows_and_totals() {
+    let (_tmp, data, log) = subjects_data();
+    let output = audit([Path::new("subjects"), &data]);
+    assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "header, 6 subjects, totals: {text}");
+    let columns = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        columns(lines[0]),
+        [
+            "stream",
+            "kind",
+            "events",
+            "personal",
+            "sealed",
+            "erased",
+            "locked",
+            "plaintext",
+            "erasures",
+            "erased_at",
+            "undecodable",
+            "status",
+            "keys"
+        ]
+    );
+    let at = log.chat_erased_at.to_string();
+    let erased_row = format!("conv-subj-2 chat 5 3 0 3 0 0 1 {at} 0 erased destroyed 1@{at}");
+    assert_eq!(columns(lines[3]).join(" "), erased_row);
+    assert_eq!(
+        columns(lines[4]).join(" "),
+        "conv-subj-3 chat 3 3 1 0 0 2 0 - 0 plaintext live 1"
+    );
+    assert_eq!(
+        columns(lines[2]).join(" "),
+        "conv-subj-1 chat 3 3 3 0 0 0 0 - 0 - live 1"
+    );
+    // Aligned: every row's `events` column ends where the header's does.
+    let end = lines[0].find("events").unwrap() + "events".len();
+    for line in &lines[1..7] {
+        assert!(
+            line.as_bytes()[end - 1].is_ascii_digit() && line.as_bytes()[end] == b' ',
+            "{line}"
+        );
+    }
+    assert_eq!(
+        lines[7],
+        "total: 6 subjects, 15 events (12 with personal fields: 5 sealed, 5 erased, 0 locked, 2 plaintext), 2 erasures"
+    );
+    let of_other = stdout(&audit([
+        Path::new("subjects"),
+        &data,
+        Path::new("--bot"),
+        Path::new("other"),
+    ]));
+    assert!(
+        of_other.ends_with(
+            "total of bot other: 2 subjects, 3 events (2 with personal fields: 0 sealed, 2 erased, 0 locked, 0 plaintext), 1 erasure\n"
+        ),
+        "{of_other}"
+    );
+}
+
+/// Proves `subjects` on a directory that does not exist is "could not run" (exit 2).
+#[test]
+fn subjects_missing_directory_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let output = audit([Path::new("subjects"), &missing]);
+    assert_eq!(code(&output), Some(2));
+    assert!(stdout(&output).is_empty());
+    let text = stderr(&output);
+    assert!(
+        text.starts_with("hybridstore-audit: error: ")
+            && text.contains(&missing.display().to_string()),
+        "{text}"
+    );
+}
+
+/// Proves a damaged key store (one byte flipped in its slot) is "could not run" (exit 2) for
+/// `subjects` and `dump`, with a message naming the file, and nothing listed.
+#[test]
+fn subjects_with_a_damaged_key_store_exits_2_naming_the_file() {
+    let (_tmp, data, _) = subjects_data();
+    let slots: Vec<PathBuf> = fs::read_dir(data.join(hybridstore::crypto::KEYS_SUBDIR))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(slots.len(), 1, "one slot at rest: {slots:?}");
+    let slot = &slots[0];
+    assert!(
+        slot.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("slot-"),
+        "{slot:?}"
+    );
+    let mut bytes = fs::read(slot).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x10;
+    fs::write(slot, &bytes).unwrap();
+    for command in ["subjects", "dump"] {
+        let output = audit([Path::new(command), &data]);
+        assert_eq!(code(&output), Some(2), "{command}: {}", stderr(&output));
+        assert!(stdout(&output).is_empty(), "{command}: {}", stdout(&output));
+        let text = stderr(&output);
+        assert!(
+            text.contains(&slot.display().to_string()) && text.contains("damaged"),
+            "{command}: {text}"
+        );
+    }
+}
+
+/// Proves `subjects` exits 1 on the committed fixtures, whose records are test payloads, not
+/// events: each is counted (the first ten named on stderr with the reason) and none is a subject;
+/// on v1-corrupt the scan stops at the damaged frame, the problem goes to stderr, and the summary
+/// says the listing is incomplete.
+#[test]
+fn subjects_on_fixtures_counts_undecodable_records_and_stops_at_damage() {
+    let (_clean, dir) = copy(CLEAN);
+    let output = audit([
+        Path::new("subjects"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(code(&output), Some(1), "stderr: {}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(lines.len(), 1, "only the summary: {lines:?}");
+    let summary = &lines[0]["data"];
+    assert_eq!(
+        (
+            &summary["subjects"],
+            &summary["records"],
+            &summary["undecodable_records"],
+            &summary["complete"],
+            &summary["clean"]
+        ),
+        (
+            &Value::from(0),
+            &Value::from(RECORD_COUNT),
+            &Value::from(RECORD_COUNT),
+            &Value::from(true),
+            &Value::from(false)
+        )
+    );
+    let text = stderr(&output);
+    let named: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(": does not decode as an event: bad envelope"))
+        .collect();
+    assert_eq!(named.len(), 10, "{text}");
+    assert!(named[0].starts_with("position=0: "), "{text}");
+    assert!(
+        text.ends_with(&format!(
+            "note: {RECORD_COUNT} records do not decode as events (`dump` shows them)\n"
+        )),
+        "{text}"
+    );
+
+    let (_corrupt, dir) = copy(CORRUPT);
+    let output = audit([Path::new("subjects"), &dir]);
+    assert_eq!(code(&output), Some(1), "stderr: {}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .starts_with("corrupt: segment ")
+            && text.contains(&format!("at offset {CORRUPT_OFFSET}:")),
+        "{text}"
+    );
+    assert_eq!(
+        stdout(&output),
+        format!(
+            "total: 0 subjects, 0 events (0 with personal fields: 0 sealed, 0 erased, 0 locked, 0 plaintext), 0 erasures; \
+             {CORRUPT_FIRST_POSITION} records do not decode; \
+             incomplete: a problem with the frames stopped the scan at position {CORRUPT_FIRST_POSITION}\n"
+        )
+    );
+}
+
+/// Proves the human `dump` shows the erased chat's personal fields as `<erased>` (with the
+/// erasure's position), never their texts, while the kept chat's and the plaintext chat's read.
+#[test]
+fn dump_human_shows_erased_fields_as_erased() {
+    let (_tmp, data, log) = subjects_data();
+    let output = audit([Path::new("dump"), &data]);
+    assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    for erased in ERASED_TEXTS {
+        assert!(!text.contains(erased), "{erased} shows: {text}");
+    }
+    for readable in KEPT_TEXTS.iter().chain(&PLAINTEXT_TEXTS) {
+        assert!(text.contains(readable), "{readable} is missing: {text}");
+    }
+    let erased: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(" stream=conv-subj-2 "))
+        .collect();
+    assert_eq!(erased.len(), 5, "{text}");
+    let suffix = format!(" personal=erased erased_at={}", log.chat_erased_at);
+    for (line, field) in erased.iter().zip([
+        r#"{"name":"<erased>"}"#,
+        r#""text":"<erased>""#,
+        r#""text":"<erased>""#,
+    ]) {
+        assert!(
+            line.contains(field) && line.ends_with(&suffix),
+            "{line} lacks {field} or {suffix}"
+        );
+    }
+    assert!(
+        erased[3].ends_with(r#"type=FollowupCancelled data={"followup_id":"f1"}"#),
+        "{}",
+        erased[3]
+    );
+    assert!(
+        erased[4].contains("type=ChatErased") && !erased[4].contains("personal="),
+        "{}",
+        erased[4]
+    );
+}
+
+/// Proves `find --stream` of the erased chat prints its events as JSON Lines with
+/// `personal.state` "erased" (the epoch, the erasure's position, the fields) and the blanks in
+/// `event.event`, exit 0 (events in the clear carry no `personal`, opened ones "sealed"); and
+/// `find --event-id` of an unknown id prints nothing, exit 1.
+#[test]
+fn find_shows_erased_events_and_an_unknown_id_exits_1() {
+    let (_tmp, data, log) = subjects_data();
+    let dir = data.to_str().unwrap();
+    let output = audit(["find", dir, "--stream", "conv-subj-2", "--format", "json"]);
+    assert_eq!(code(&output), Some(0), "stderr: {}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    let events: Vec<&Value> = lines.iter().map(|l| &l["data"]["event"]).collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["event"]["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "ProfileCreated",
+            "MessageReceived",
+            "MessageSent",
+            "FollowupCancelled",
+            "ChatErased"
+        ]
+    );
+    for (event, field) in events.iter().zip(["name", "text", "text"]) {
+        assert_eq!(
+            event["personal"],
+            serde_json::json!({
+                "state": "erased",
+                "epoch": 1,
+                "erased_at": log.chat_erased_at,
+                "fields": [field],
+            }),
+            "{event}"
+        );
+        assert_eq!(
+            event["event"]["data"][field], "",
+            "the blank, not a placeholder"
+        );
+    }
+    for event in &events[3..] {
+        assert!(event.get("personal").is_none(), "{event}");
+    }
+    assert_eq!(events[4]["position"], log.chat_erased_at);
+    assert_eq!(
+        events[4]["event"]["data"]["keys"],
+        serde_json::json!([{ "stream": "conv-subj-2", "epoch": 1 }])
+    );
+
+    // The chat written partly in the clear: no `personal` for those, `sealed` for the later one.
+    let mixed = json_lines(&stdout(&audit([
+        "find",
+        dir,
+        "--stream",
+        "conv-subj-3",
+        "--format",
+        "json",
+    ])));
+    let states: Vec<Option<&Value>> = mixed
+        .iter()
+        .map(|l| l["data"]["event"].get("personal"))
+        .collect();
+    let sealed = serde_json::json!({ "state": "sealed", "epoch": 1 });
+    assert_eq!(states, [None, None, Some(&sealed)]);
+    assert_eq!(
+        mixed[2]["data"]["event"]["event"]["data"]["text"],
+        "said-sealed-later"
+    );
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let none = audit(["find", dir, "--event-id", &unknown, "--format", "json"]);
+    assert_eq!(code(&none), Some(1), "stderr: {}", stderr(&none));
+    assert!(stdout(&none).is_empty(), "{}", stdout(&none));
+}
+
+/// Proves a key store copied from another data directory is "could not run" (exit 2) for
+/// `subjects` and `dump`, saying whose it is, rather than read as this log's (its keys would
+/// not open a single sealed field here).
+#[test]
+fn another_logs_key_store_exits_2() {
+    let (_tmp, data, _) = subjects_data();
+    let (_other_tmp, other, _) = subjects_data();
+    let keys = data.join(hybridstore::crypto::KEYS_SUBDIR);
+    for entry in fs::read_dir(&keys).unwrap() {
+        fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    for entry in fs::read_dir(other.join(hybridstore::crypto::KEYS_SUBDIR)).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), keys.join(entry.file_name())).unwrap();
+    }
+    for command in ["subjects", "dump"] {
+        let output = audit([Path::new(command), &data]);
+        assert_eq!(code(&output), Some(2), "{command}: {}", stdout(&output));
+        let text = stderr(&output);
+        assert!(
+            text.contains("belongs to log") && text.contains("copied from another data directory"),
+            "{command}: {text}"
+        );
+    }
 }

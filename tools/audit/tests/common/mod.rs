@@ -70,7 +70,8 @@ pub fn copy_fixture(name: &str, to: &Path) {
     }
 }
 
-/// Runs the audit binary with `args`, with no `HYBRIDSTORE_DATA_DIR` from the environment.
+/// Runs the audit binary with `args`, with no `HYBRIDSTORE_DATA_DIR` and no master key from the
+/// environment.
 pub fn audit<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
@@ -79,6 +80,8 @@ where
     Command::new(env!("CARGO_BIN_EXE_hybridstore-audit"))
         .args(args)
         .env_remove("HYBRIDSTORE_DATA_DIR")
+        .env_remove(hybridstore::crypto::MASTER_KEY_ENV)
+        .env_remove(hybridstore::crypto::MASTER_KEY_FILE_ENV)
         .output()
         .unwrap()
 }
