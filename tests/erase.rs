@@ -1152,3 +1152,50 @@ fn acknowledged_events_keep_their_keys_across_kill_9() {
     }
     assert!(acked.len() >= 8);
 }
+
+/// Proves the `erase` command on a data directory: exit 0 and the receipt as JSON on stdout for a
+/// chat, 2 (with the reason) for a subject the log does not hold, 1 for a receipt id it does not
+/// know, and clap refuses two targets at once.
+#[test]
+fn the_erase_command_on_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+        Person::new(12).write(&store).await;
+        store.close().await.unwrap();
+    });
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hybridstore"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("DB_HOST")
+            .env_remove("REDIS_URL")
+            .env_remove("HYBRIDSTORE_URL")
+            .output()
+            .unwrap()
+    };
+    let erased = run(&["erase", "--bot", "shred", "--chat", "12"]);
+    assert!(erased.status.success(), "{erased:?}");
+    let receipt: serde_json::Value = serde_json::from_slice(&erased.stdout).unwrap();
+    assert_eq!(receipt["complete"], true);
+    assert_eq!(receipt["sealed_events_shredded"], 5);
+    let id = receipt["receipt_id"].as_str().unwrap();
+    let again = run(&["erase", "--bot", "shred", "--receipt", id]);
+    assert!(again.status.success(), "{again:?}");
+    let unknown = run(&["erase", "--bot", "shred", "--chat", "13"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no such subject"));
+    let no_receipt = run(&[
+        "erase",
+        "--bot",
+        "shred",
+        "--receipt",
+        &uuid::Uuid::now_v7().to_string(),
+    ]);
+    assert_eq!(no_receipt.status.code(), Some(1), "{no_receipt:?}");
+    let both = run(&["erase", "--bot", "shred", "--chat", "12", "--user", "12"]);
+    assert_eq!(both.status.code(), Some(2));
+}

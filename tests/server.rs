@@ -955,3 +955,159 @@ async fn a_log_that_refuses_appends_is_503() {
     assert!(body.contains("/problems/unavailable"), "{body}");
     assert_eq!(call("GET", "/livez", None).await.0, 200);
 }
+
+/// Proves erasure through the daemon: the admin route answers a complete receipt (the write
+/// token is refused), reads of the erased chat answer 410 `erased`, the receipt can be asked for
+/// again, unknown subjects and receipts are 404 and bad bodies 400; the CLI erases a user through
+/// the daemon (exit 0, the receipt on stdout); afterwards no file of the data directory holds
+/// the erased texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_through_the_daemon_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(Some(dir.path()), &[], None, false);
+    let secret = format!("secret-{}", uuid::Uuid::now_v7().simple());
+    for stream in ["conv-bot-7", "conv-bot-8"] {
+        let appended = daemon
+            .call(
+                "POST",
+                &format!("/v1/streams/{stream}/events"),
+                Some(WRITE),
+                Some(append_body(json!("any"), vec![message(&secret)])),
+            )
+            .await;
+        assert_eq!(appended.status, 200, "{appended:?}");
+    }
+    let refused = daemon
+        .call(
+            "POST",
+            "/v1/bots/bot/erasures",
+            Some(WRITE),
+            Some(json!({"chat": 7})),
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let erased = daemon
+        .call(
+            "POST",
+            "/v1/bots/bot/erasures",
+            Some(ADMIN),
+            Some(json!({"chat": 7, "wait_s": 5})),
+        )
+        .await;
+    assert_eq!(erased.status, 200, "{erased:?}");
+    let receipt = erased.json();
+    assert_eq!(receipt["complete"], true, "{receipt}");
+    assert_eq!(
+        receipt["subject"],
+        json!({"kind": "chat", "bot": "bot", "chat_id": 7})
+    );
+    assert_eq!(receipt["sinks"][0]["sink"], "log-projection");
+    assert_eq!(receipt["sealed_events_shredded"], 1);
+    let at = receipt["erasure_position"].as_u64().unwrap();
+    for path in [
+        "/v1/bots/bot/profiles/7",
+        "/v1/bots/bot/conversations/7/messages",
+        "/v1/bots/bot/conversations/7/head",
+    ] {
+        let read = daemon.call("GET", path, Some(READ), None).await;
+        assert_eq!(read.status, 410, "{path}: {read:?}");
+        assert_eq!(problem_type(&read), "/problems/erased");
+        assert_eq!(read.json()["erased_at"], at);
+    }
+    let kept = daemon
+        .call(
+            "GET",
+            "/v1/bots/bot/conversations/8/messages",
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.json()["value"][0]["text"], secret.as_str());
+    let id = receipt["receipt_id"].as_str().unwrap();
+    let again = daemon
+        .call(
+            "GET",
+            &format!("/v1/bots/bot/erasures/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json()["receipt_id"], id);
+    let missing = daemon
+        .call(
+            "GET",
+            &format!("/v1/bots/bot/erasures/{}", uuid::Uuid::now_v7()),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+    let bad_id = daemon
+        .call("GET", "/v1/bots/bot/erasures/not-a-uuid", Some(ADMIN), None)
+        .await;
+    assert_eq!(bad_id.status, 400);
+    let unknown = daemon
+        .call(
+            "POST",
+            "/v1/bots/bot/erasures",
+            Some(ADMIN),
+            Some(json!({"chat": 999})),
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(problem_type(&unknown), "/problems/unknown-subject");
+    let both = daemon
+        .call(
+            "POST",
+            "/v1/bots/bot/erasures",
+            Some(ADMIN),
+            Some(json!({"chat": 8, "user": 8})),
+        )
+        .await;
+    assert_eq!(both.status, 400);
+
+    let user = daemon
+        .call(
+            "POST",
+            "/v1/streams/user-bot-8/events",
+            Some(WRITE),
+            Some(append_body(
+                json!("any"),
+                vec![
+                    json!({"type": "UserRegistered", "data": {"identity": {"first_name": secret}}}),
+                ],
+            )),
+        )
+        .await;
+    assert_eq!(user.status, 200, "{user:?}");
+    let output = cli(&daemon, &["erase", "--bot", "bot", "--user", "8"]);
+    assert!(output.status.success(), "{output:?}");
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("the receipt as JSON");
+    assert_eq!(printed["subject"]["kind"], "user");
+    assert_eq!(printed["keys_destroyed"].as_array().unwrap().len(), 2);
+    let id = printed["receipt_id"].as_str().unwrap();
+    let asked = cli(&daemon, &["erase", "--bot", "bot", "--receipt", id]);
+    assert!(asked.status.success(), "{asked:?}");
+    let user_read = daemon
+        .call("GET", "/v1/bots/bot/users/8", Some(READ), None)
+        .await;
+    assert_eq!(user_read.status, 410);
+
+    assert!(daemon.stop().success());
+    let mut holding = Vec::new();
+    let mut pending = vec![dir.path().to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes())
+        {
+            holding.push(path);
+        }
+    }
+    assert_eq!(holding, Vec::<std::path::PathBuf>::new());
+}

@@ -362,8 +362,9 @@ impl StoredEvent {
     /// (the subject's key and its epoch).
     ///
     /// # Errors
-    /// As [`StoredEvent::new`]; sealing itself fails only if the system's randomness does
-    /// (reported as a postcard error carrying the message).
+    /// As [`StoredEvent::new`]; sealing itself cannot fail for the sizes the store accepts
+    /// (AES-GCM refuses only plaintexts of gigabytes), and would be reported as
+    /// `SerializeBufferFull`.
     #[allow(clippy::too_many_arguments)]
     pub fn new_sealed(
         stream: &StreamId,

@@ -41,7 +41,8 @@ pub struct LogErasure {
     pub keys: Vec<ErasedKey>,
     /// The key store's generation after the keys were destroyed.
     pub key_store_generation: u64,
-    /// The subject's events whose personal fields were sealed (now unreadable).
+    /// The subject's events whose personal fields were sealed (now unreadable; an erasure
+    /// repeated counts the ones the first made unreadable again).
     pub sealed_events: u64,
     /// The subject's events with personal fields written in the clear (before sealing existed):
     /// they cannot be shredded and are still readable in the log.
@@ -136,7 +137,11 @@ impl Store {
             .await?;
         drop(guards);
         let position = appended.last_position;
-        let erased_at = Timestamp::now();
+        let erased_at = self
+            .read_positions(vec![position])
+            .await?
+            .first()
+            .map_or_else(Timestamp::now, |e| e.recorded_at);
         let destroy: Vec<(String, u32)> = keys
             .iter()
             .filter(|k| k.epoch > 0)
