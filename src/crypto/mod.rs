@@ -138,14 +138,13 @@ impl DataKey {
     /// 16-byte tag.
     pub(crate) fn seal(
         &self,
-        plaintext: &[u8],
+        plaintext: Vec<u8>,
         aad: &[u8],
     ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyStoreError> {
         use rand::RngCore as _;
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let mut buffer = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
-        buffer.extend_from_slice(plaintext);
+        let mut buffer = plaintext;
         self.0
             .aead
             .seal_in_place_append_tag(
@@ -161,10 +160,10 @@ impl DataKey {
     pub(crate) fn open(
         &self,
         nonce: &[u8; NONCE_LEN],
-        ciphertext: &[u8],
+        ciphertext: Vec<u8>,
         aad: &[u8],
     ) -> Option<Vec<u8>> {
-        let mut buffer = ciphertext.to_vec();
+        let mut buffer = ciphertext;
         let len = self
             .0
             .aead
@@ -253,13 +252,13 @@ impl MasterKey {
     }
 
     fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Wrapped, KeyStoreError> {
-        let (nonce, ciphertext) = self.0.seal(plaintext, aad)?;
+        let (nonce, ciphertext) = self.0.seal(plaintext.to_vec(), aad)?;
         Ok(Wrapped { nonce, ciphertext })
     }
 
     fn unwrap(&self, wrapped: &Wrapped, aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         self.0
-            .open(&wrapped.nonce, &wrapped.ciphertext, aad)
+            .open(&wrapped.nonce, wrapped.ciphertext.clone(), aad)
             .map(Zeroizing::new)
     }
 }

@@ -310,23 +310,56 @@ pub enum DecodeError {
     },
 }
 
-/// The associated data a sealed form is bound to.
-fn seal_aad(
-    event_id: &[u8; 16],
-    epoch: u32,
-    stream: &str,
-    event_type: &str,
-    schema: u16,
-) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(24 + stream.len() + event_type.len());
-    aad.extend_from_slice(event_id);
-    aad.extend_from_slice(&epoch.to_le_bytes());
-    aad.extend_from_slice(stream.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(event_type.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(&schema.to_le_bytes());
-    aad
+/// The associated data a sealed form is bound to: `event_id ‖ epoch (LE) ‖ stream ‖ 0 ‖
+/// event_type ‖ 0 ‖ schema_version (LE)`, on the stack when it fits (every real one does).
+struct SealAad {
+    buffer: [u8; 160],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl SealAad {
+    fn new(
+        event_id: &[u8; 16],
+        epoch: u32,
+        stream: &str,
+        event_type: &str,
+        schema: u16,
+    ) -> SealAad {
+        let parts: [&[u8]; 7] = [
+            event_id,
+            &epoch.to_le_bytes(),
+            stream.as_bytes(),
+            &[0],
+            event_type.as_bytes(),
+            &[0],
+            &schema.to_le_bytes(),
+        ];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut aad = SealAad {
+            buffer: [0; 160],
+            len,
+            spilled: Vec::new(),
+        };
+        if len <= aad.buffer.len() {
+            let mut at = 0;
+            for part in parts {
+                aad.buffer[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+        } else {
+            aad.spilled = parts.concat();
+        }
+        aad
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.buffer[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
 }
 
 impl StoredEvent {
@@ -381,9 +414,9 @@ impl StoredEvent {
             Some((epoch, key)) if event.has_personal_fields() => {
                 let mut blanked = event.clone();
                 let values = blanked.take_personal();
-                let plaintext = zeroize::Zeroizing::new(postcard::to_stdvec(&values)?);
+                let plaintext = postcard::to_stdvec(&values)?;
                 let stream_text = stream.to_string();
-                let aad = seal_aad(
+                let aad = SealAad::new(
                     event_id.as_bytes(),
                     epoch,
                     &stream_text,
@@ -391,7 +424,7 @@ impl StoredEvent {
                     event.schema_version(),
                 );
                 let (nonce, ciphertext) = key
-                    .seal(&plaintext, &aad)
+                    .seal(plaintext, aad.bytes())
                     .map_err(|_| postcard::Error::SerializeBufferFull)?;
                 (
                     blanked.encode_payload()?,
@@ -464,7 +497,7 @@ impl StoredEvent {
     /// # Errors
     /// As [`StoredEvent::into_recorded`].
     pub fn into_recorded_cached(
-        self,
+        mut self,
         position: Position,
         streams: &mut StreamCache,
         keys: &Keyring,
@@ -488,7 +521,7 @@ impl StoredEvent {
             });
         }
         let mut event = decode_payload(&self.event_type, self.schema_version, &self.payload)?;
-        let personal = match &self.sealed {
+        let personal = match self.sealed.take() {
             None => Personal::Clear,
             Some(sealed) => self.open_sealed(sealed, &mut event, keys)?,
         };
@@ -514,7 +547,7 @@ impl StoredEvent {
     /// not at hand).
     fn open_sealed(
         &self,
-        sealed: &SealedFields,
+        sealed: SealedFields,
         event: &mut Event,
         keys: &Keyring,
     ) -> Result<Personal, DecodeError> {
@@ -552,19 +585,19 @@ impl StoredEvent {
             epoch: sealed.epoch,
             reason,
         };
-        let aad = seal_aad(
+        let aad = SealAad::new(
             &self.event_id,
             sealed.epoch,
             &self.stream,
             &self.event_type,
             self.schema_version,
         );
-        let plaintext = zeroize::Zeroizing::new(
-            key.open(&sealed.nonce, &sealed.ciphertext, &aad)
-                .ok_or_else(|| {
-                    failed("the tag does not verify (damaged, or not this event's)".into())
-                })?,
-        );
+        // Not wiped: the texts live on in the event (and the projection) anyway.
+        let plaintext = key
+            .open(&sealed.nonce, sealed.ciphertext, aad.bytes())
+            .ok_or_else(|| {
+                failed("the tag does not verify (damaged, or not this event's)".into())
+            })?;
         let values: Vec<Option<String>> =
             strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
         event.put_personal(values).map_err(failed)?;
