@@ -81,9 +81,10 @@ impl Hybrid {
     /// store failure).
     pub async fn erase(&self, subject: &Subject, wait: Duration) -> Result<Receipt, HybridError> {
         let store = self.store().ok_or(HybridError::NoLog)?;
-        let erased: LogErasure = store.erase(subject).await?;
         self.reads().shadow_stats().forget_subject(subject);
+        let erased: LogErasure = store.erase(subject).await?;
         let sinks = self.wait_for_sinks(store, erased.position, wait).await;
+        self.forget_shadow_reads(subject).await;
         let complete = sinks.iter().all(|s| s.reached);
         let receipt = Receipt {
             receipt_id: Uuid::now_v7(),
@@ -124,12 +125,64 @@ impl Hybrid {
         receipt.sinks = self
             .wait_for_sinks(store, Position(receipt.erasure_position), wait)
             .await;
+        self.forget_shadow_reads(&receipt.subject).await;
         receipt.complete = receipt.sinks.iter().all(|s| s.reached);
         receipt.checked_at = Timestamp::now().to_rfc3339();
         if receipt.complete {
             record(store, &receipt).await?;
         }
         Ok(Some(receipt))
+    }
+
+    /// Drops the subject's kept shadow mismatches once more, in this process and in the table:
+    /// a flush that ran while the erasure was being made may have written some back.
+    async fn forget_shadow_reads(&self, subject: &Subject) {
+        self.reads().shadow_stats().forget_subject(subject);
+        let Some(pool) = self.pool() else { return };
+        let mut marks = std::collections::HashSet::new();
+        marks.insert((subject.bot().clone(), subject.kind(), subject.id()));
+        let forgotten = async {
+            let mut conn = pool.acquire().await?;
+            crate::read::shadow::forget_erased(&mut conn, &marks).await
+        };
+        if let Err(error) = forgotten.await {
+            tracing::warn!(%error, "erase: the shadow mismatches could not be checked again");
+        }
+    }
+
+    /// The sinks that must reach an erasure: the Postgres projector once any component state
+    /// is set (it projects configuration then, and the components at `enabled` or later), and
+    /// the cache invalidation with it when a cache is configured.
+    async fn expected_sinks(&self, store: &Store) -> Vec<&'static str> {
+        if self.supervisor().is_none() {
+            return Vec::new();
+        }
+        let states_set = store
+            .read_projection(None, |p| p.component_states_iter().next().is_some())
+            .await
+            .unwrap_or(true);
+        match (states_set, self.reads().cache().is_some()) {
+            (false, _) => Vec::new(),
+            (true, false) => vec!["postgres"],
+            (true, true) => vec!["postgres", "cache"],
+        }
+    }
+
+    /// Whether `hybridstore-replay` holds its rebuild lock (its staging tables may hold what
+    /// the erasure removed, until its swap and the projector's next batch).
+    async fn rebuild_running(&self) -> bool {
+        let Some(pool) = self.pool() else {
+            return false;
+        };
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND objsubid = 1 AND classid::bigint = ($1 >> 32) \
+             AND objid::bigint = ($1 & 4294967295))",
+        )
+        .bind(crate::sink::postgres::REBUILD_LOCK_KEY)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(false)
     }
 
     /// Waits (at most `wait`) until every sink has applied `position`, and says how far each got.
@@ -161,12 +214,29 @@ impl Hybrid {
             return receipts;
         };
         supervisor.kick();
+        // The supervisor's first round (a CLI run just opened it) starts the sinks.
+        supervisor.settle(wait.min(Duration::from_secs(5))).await;
+        let expected = self.expected_sinks(store).await;
         loop {
             let statuses = supervisor.sink_statuses();
             let all = statuses
                 .iter()
-                .all(|s| s.loaded && reached(s.committed, position));
+                .all(|s| s.loaded && reached(s.committed, position))
+                && expected
+                    .iter()
+                    .all(|e| statuses.iter().any(|s| s.sink == *e));
             if all || tokio::time::Instant::now() >= deadline {
+                for missing in expected
+                    .iter()
+                    .filter(|e| !statuses.iter().any(|s| s.sink == **e))
+                {
+                    receipts.push(SinkReceipt {
+                        sink: (*missing).into(),
+                        position: None,
+                        reached: false,
+                        note: Some("not running (could it start? Postgres down?)".into()),
+                    });
+                }
                 receipts.extend(statuses.into_iter().map(|s| {
                     let reached = s.loaded && reached(s.committed, position);
                     let note = if reached {
@@ -185,6 +255,14 @@ impl Hybrid {
                         note,
                     }
                 }));
+                if self.rebuild_running().await {
+                    receipts.push(SinkReceipt {
+                        sink: "replay".into(),
+                        position: None,
+                        reached: false,
+                        note: Some("hybridstore-replay is rebuilding: its staging tables may hold the subject until its swap and the projector's next batch; ask again after it ends".into()),
+                    });
+                }
                 return receipts;
             }
             let mut watch = supervisor.watch();
@@ -201,7 +279,7 @@ async fn record(store: &Store, receipt: &Receipt) -> Result<(), StoreError> {
         receipt: JsonText::from_value(&json),
     });
     store
-        .append(
+        .append_store_events(
             &StreamId::bot(receipt.subject.bot()),
             ExpectedVersion::Any,
             vec![NewEvent::new(event)],

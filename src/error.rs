@@ -19,8 +19,8 @@ pub enum InputError {
         /// The subject.
         subject: String,
     },
-    /// An erasure event with keys appended by a client: only the store's erase destroys keys.
-    #[error("event {index} ({event_type}) names keys to destroy: erase a subject with `Store::erase` / `hybridstore erase` (an erasure event appended directly, with no keys, clears the projections only)")]
+    /// An erasure (or an erasure receipt) appended by a client: only the store writes them.
+    #[error("event {index} ({event_type}) is the store's to write: erase a subject with `Store::erase` / `hybridstore erase` / the admin route (a `UserErased` without keys, appended directly, clears the projections only)")]
     ErasureKeysReserved {
         /// Which event.
         index: usize,

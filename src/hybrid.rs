@@ -335,6 +335,11 @@ impl Hybrid {
         &self.inner.router
     }
 
+    /// The Postgres pool of the reads, when a database is configured.
+    pub fn pool(&self) -> Option<&PgPool> {
+        self.inner.pool.as_ref()
+    }
+
     /// The Postgres projector's status, when a database is configured.
     pub fn projector_status(&self) -> Option<SinkStatus> {
         self.inner.supervisor.as_ref().map(Supervisor::status)

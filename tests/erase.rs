@@ -1199,3 +1199,134 @@ fn the_erase_command_on_a_data_directory() {
     let both = run(&["erase", "--bot", "shred", "--chat", "12", "--user", "12"]);
     assert_eq!(both.status.code(), Some(2));
 }
+
+/// Proves a key-store rewrite whose removal of the old generation fails still counts (the new
+/// one is the key store): the next rewrite does not remove the current generation, and after a
+/// power loss every acknowledged event opens; an erasure whose clean-up failed scrubs the
+/// leftover when it is asked again.
+#[test]
+fn a_failed_clean_up_after_the_commit_keeps_the_key_store() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fs = SimFs::new();
+    let store = Store::open_blocking(sim_config(&fs, false)).unwrap();
+    let chat = |n: i64| StreamId::conversation(&bot(), n);
+    runtime.block_on(append(&store, &chat(1), vec![received("one")]));
+    // The second key's rewrite: its new slot lands, removing the old one fails.
+    fs.fail(
+        FaultAt::Kind("remove_file", 0),
+        FaultMode::Once,
+        std::io::ErrorKind::Other,
+    );
+    runtime.block_on(append(&store, &chat(2), vec![received("two")]));
+    runtime.block_on(append(&store, &chat(3), vec![received("three")]));
+    let slots = |fs: &SimFs| {
+        fs.list_files()
+            .into_iter()
+            .filter(|p| p.starts_with("/data/keys"))
+            .count()
+    };
+    assert_eq!(slots(&fs), 1, "the third rewrite cleaned up the leftover");
+    // An erasure whose scrub of the old generation fails is not finished: asked again, it is.
+    fs.fail(
+        FaultAt::Kind("remove_file", 0),
+        FaultMode::Once,
+        std::io::ErrorKind::Other,
+    );
+    let subject = Subject::Chat {
+        bot: bot(),
+        chat_id: 1,
+    };
+    assert!(runtime.block_on(store.erase(&subject)).is_err());
+    assert_eq!(slots(&fs), 2, "the old generation is still there");
+    runtime.block_on(store.erase(&subject)).unwrap();
+    assert_eq!(slots(&fs), 1, "erasing again scrubbed it");
+    drop(store);
+    fs.power_loss(Tear::DropUnsynced);
+    let store = Store::open_blocking(sim_config(&fs, false)).unwrap();
+    for (n, text) in [(2, "two"), (3, "three")] {
+        let events = runtime
+            .block_on(store.read_stream(
+                &chat(n),
+                StreamVersion(0),
+                hybridstore::store::ReadDirection::Forward,
+                10,
+            ))
+            .unwrap();
+        assert_eq!(events[0].event, received(text));
+    }
+    let erased = runtime
+        .block_on(store.read_stream(
+            &chat(1),
+            StreamVersion(0),
+            hybridstore::store::ReadDirection::Forward,
+            10,
+        ))
+        .unwrap();
+    assert!(matches!(erased[0].personal, Personal::Erased { .. }));
+}
+
+/// Proves a client cannot append what only the store writes: a receipt (it could forge a
+/// complete one), a `ChatErased`, a `UserErased` naming keys; a `UserErased` without keys (the
+/// old projections-only erasure) is still accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_erasures_or_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let refused = |event: Event, stream: StreamId| {
+        let store = store.clone();
+        async move {
+            store
+                .append(&stream, ExpectedVersion::Any, vec![NewEvent::new(event)])
+                .await
+        }
+    };
+    let forged = refused(
+        Event::ErasureReceiptRecorded(hybridstore::events::ErasureReceiptRecorded {
+            receipt_id: "x".into(),
+            receipt: hybridstore::events::JsonText::parse(r#"{"complete":true}"#).unwrap(),
+        }),
+        StreamId::bot(&bot()),
+    )
+    .await;
+    assert!(
+        matches!(
+            forged,
+            Err(StoreError::Input(InputError::ErasureKeysReserved { .. }))
+        ),
+        "{forged:?}"
+    );
+    let chat = refused(
+        Event::ChatErased(hybridstore::events::ChatErased { keys: Vec::new() }),
+        StreamId::conversation(&bot(), 1),
+    )
+    .await;
+    assert!(matches!(
+        chat,
+        Err(StoreError::Input(InputError::ErasureKeysReserved { .. }))
+    ));
+    let keyed = refused(
+        Event::UserErased(hybridstore::events::UserErased {
+            keys: vec![hybridstore::events::ErasedKey {
+                stream: "user-shred-1".into(),
+                epoch: 1,
+            }],
+        }),
+        StreamId::user(&bot(), 1),
+    )
+    .await;
+    assert!(matches!(
+        keyed,
+        Err(StoreError::Input(InputError::ErasureKeysReserved { .. }))
+    ));
+    let old_style = refused(
+        Event::UserErased(hybridstore::events::UserErased { keys: Vec::new() }),
+        StreamId::user(&bot(), 1),
+    )
+    .await;
+    assert!(old_style.is_ok(), "{old_style:?}");
+    store.close().await.unwrap();
+}

@@ -218,9 +218,28 @@ async fn exactly_once_across_kill_9() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // The child first opens the store (4000 events, a rebuild in a debug build): kills
-        // spread past that, so most land while it projects.
-        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(100..1200));
+        // The child first opens the store (a rebuild of 4000 events, slow in a debug build on
+        // a loaded machine): the kill comes a random 0-150 ms after it committed something new,
+        // so it lands while the child projects, however long its start took.
+        let before = checkpoints_if_any(&db)
+            .await
+            .iter()
+            .map(|(_, p)| *p)
+            .min()
+            .unwrap_or(0);
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            let now = checkpoints_if_any(&db).await;
+            if now.iter().map(|(_, p)| *p).min().unwrap_or(0) > before {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the projector made no progress in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(0..150));
         while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_millis(5));
         }

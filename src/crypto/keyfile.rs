@@ -79,7 +79,7 @@ pub(super) struct Wrapped {
 
 /// Which slot holds the current generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Slot(usize);
+pub(super) struct Slot(pub(super) usize);
 
 /// The key store's directory, on the log's file system seam.
 #[derive(Debug, Clone)]
@@ -199,6 +199,26 @@ impl KeyDir {
     /// Loads the current generation, with the slot holding it and the slots to clean up (a
     /// leftover of an interrupted rewrite). `None`: no key store yet.
     pub(super) fn load(&self) -> Result<Option<(Body, Slot, Vec<usize>)>, KeyStoreError> {
+        // A reader beside the writer (a tool beside the daemon) may read a slot that a rewrite
+        // then removes, and miss the one it wrote: read again when the directory changed.
+        let mut attempts = 0;
+        loop {
+            let before = self.listing();
+            let loaded = self.load_once();
+            attempts += 1;
+            if self.listing() == before || attempts >= 5 {
+                return loaded;
+            }
+        }
+    }
+
+    fn listing(&self) -> Vec<String> {
+        let mut names = self.fs.list_dir(&self.dir).unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn load_once(&self) -> Result<Option<(Body, Slot, Vec<usize>)>, KeyStoreError> {
         let mut found = Vec::new();
         for slot in 0..SLOTS.len() {
             let path = self.slot_path(slot);
@@ -230,18 +250,30 @@ impl KeyDir {
         }
     }
 
-    /// Writes `body` as the new current generation and retires the old slot: durable when it
-    /// returns. `scrub`: overwrite the old slot with zeros before removing it (it holds a key
-    /// that is now destroyed).
-    pub(super) fn replace(
-        &self,
-        current: Option<Slot>,
-        body: &Body,
-        scrub: bool,
-    ) -> Result<Slot, KeyStoreError> {
+    /// Creates the directory, durably (its entry in the data directory fsynced).
+    pub(super) fn create(&self) -> Result<(), KeyStoreError> {
         self.fs
             .create_dir_all(&self.dir)
             .map_err(io_error(&self.dir, "create"))?;
+        if let Some(parent) = self.dir.parent() {
+            if !self.skip_sync {
+                self.fs
+                    .sync_dir(parent)
+                    .map_err(io_error(parent, "fsync"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `body` into the slot that does not hold the current generation and makes it
+    /// durable: the commit point. Returns the new slot; the old one is the caller's to
+    /// [`KeyDir::remove`] (after it has taken the new one as current, so a failure there never
+    /// points it at a slot that is gone).
+    pub(super) fn write_next(
+        &self,
+        current: Option<Slot>,
+        body: &Body,
+    ) -> Result<Slot, KeyStoreError> {
         let target = current.map_or(0, |Slot(s)| 1 - s);
         let path = self.slot_path(target);
         // A leftover of an interrupted rewrite: never the current generation.
@@ -262,9 +294,6 @@ impl KeyDir {
                 .sync_dir(&self.dir)
                 .map_err(io_error(&self.dir, "fsync"))?;
         }
-        if let Some(Slot(old)) = current {
-            self.remove(old, scrub)?;
-        }
         Ok(Slot(target))
     }
 
@@ -278,7 +307,9 @@ impl KeyDir {
                     let zeros = vec![0; usize::try_from(len).unwrap_or(0)];
                     file.write_all_at(&zeros, 0)
                         .map_err(io_error(&path, "scrub"))?;
-                    file.sync_data().map_err(io_error(&path, "fdatasync"))?;
+                    if !self.skip_sync {
+                        file.sync_data().map_err(io_error(&path, "fdatasync"))?;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(io_error(&path, "open")(e)),

@@ -97,6 +97,9 @@ pub struct DataKey(Arc<KeyInner>);
 struct KeyInner {
     bytes: Zeroizing<[u8; 32]>,
     aead: LessSafeKey,
+    /// The key wrapped with the master key, made once (each wrap spends a random nonce of the
+    /// master key's budget; a rewrite of the key store reuses it).
+    wrapped: std::sync::OnceLock<Wrapped>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -121,6 +124,7 @@ impl DataKey {
         DataKey(Arc::new(KeyInner {
             bytes,
             aead: LessSafeKey::new(unbound),
+            wrapped: std::sync::OnceLock::new(),
         }))
     }
 
@@ -324,6 +328,11 @@ pub struct Keyring {
     strict: bool,
 }
 
+/// Scrubs and removes the slot that is not `current`, if it exists.
+fn dir_remove_leftover(dir: &KeyDir, current: usize) -> Result<(), KeyStoreError> {
+    dir.remove(1 - current, true)
+}
+
 fn wrap_aad(log_id: &str, stream: &str, epoch: u32) -> Vec<u8> {
     let mut aad = Vec::with_capacity(log_id.len() + stream.len() + 6);
     aad.extend_from_slice(log_id.as_bytes());
@@ -424,6 +433,9 @@ impl Keyring {
     ) -> Result<Keyring, KeyStoreError> {
         let dir = KeyDir::new(fs, data_dir);
         let path = dir.dir().to_path_buf();
+        if writable {
+            dir.create()?;
+        }
         let mut state = State::default();
         let loaded = dir.load()?;
         let mut rewrite = false;
@@ -485,7 +497,7 @@ impl Keyring {
                                     ),
                                 }
                             })?;
-                            Epoch::Live(DataKey::from_slice(&bytes).ok_or_else(|| {
+                            let key = DataKey::from_slice(&bytes).ok_or_else(|| {
                                 KeyStoreError::Damaged {
                                     path: path.clone(),
                                     what: format!(
@@ -493,7 +505,9 @@ impl Keyring {
                                         subject.stream
                                     ),
                                 }
-                            })?)
+                            })?;
+                            let _ = key.0.wrapped.set(wrapped.clone());
+                            Epoch::Live(key)
                         }
                         EpochRecord::Destroyed { position } => Epoch::Destroyed {
                             position: *position,
@@ -524,7 +538,7 @@ impl Keyring {
         if rewrite && writable {
             // A master key configured for a key store written without one: wrap every key now,
             // and scrub the unwrapped copy.
-            keyring.rewrite(true)?;
+            keyring.rewrite()?;
             tracing::info!("wrapped the key store's keys with the master key");
         }
         Ok(keyring)
@@ -602,7 +616,9 @@ impl Keyring {
         let subject = next.entry(stream.to_owned()).or_default();
         subject.current = Some(epoch);
         subject.epochs.insert(epoch, Epoch::Live(key.clone()));
-        self.persist(&writer, next, false)?;
+        if let Some(error) = self.persist(&writer, next)? {
+            tracing::warn!(%error, "key store: the previous generation stays until the next rewrite");
+        }
         Ok((epoch, key))
     }
 
@@ -636,6 +652,23 @@ impl Keyring {
             return Err(KeyStoreError::ReadOnly);
         };
         let writer = dir.lock().unwrap_or_else(|p| p.into_inner());
+        let live = |state: &State| {
+            streams.iter().any(|(stream, upto)| {
+                state.subjects.get(stream).is_some_and(|s| {
+                    s.epochs
+                        .range(..=*upto)
+                        .any(|(_, e)| matches!(e, Epoch::Live(_)))
+                })
+            })
+        };
+        if !live(&self.read_state()) {
+            // Nothing left to destroy; a leftover of an earlier rewrite (an erasure whose
+            // clean-up failed) is scrubbed now.
+            if let Some(Slot(current)) = self.read_state().slot {
+                dir_remove_leftover(&writer, current)?;
+            }
+            return Ok(self.generation());
+        }
         let mut next = self.snapshot();
         let mut any = false;
         for (stream, upto) in streams {
@@ -654,8 +687,21 @@ impl Keyring {
         if !any {
             return Ok(self.generation());
         }
-        self.persist(&writer, next, true)?;
-        Ok(self.generation())
+        match self.persist(&writer, next.clone()) {
+            Ok(None) => Ok(self.generation()),
+            // Destroyed in the key store; its old copy is still there: not finished.
+            Ok(Some(error)) => Err(error),
+            Err(error) => {
+                // The erasure event is in the log: the keys are gone for this process whatever
+                // the disk said (the next rewrite writes them destroyed; the next open finishes
+                // it).
+                self.state
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .subjects = next;
+                Err(error)
+            }
+        }
     }
 
     /// Every subject with its key state.
@@ -684,22 +730,26 @@ impl Keyring {
         self.read_state().subjects.clone()
     }
 
-    fn rewrite(&self, scrub: bool) -> Result<(), KeyStoreError> {
+    fn rewrite(&self) -> Result<(), KeyStoreError> {
         let Some(dir) = &self.dir else {
             return Err(KeyStoreError::ReadOnly);
         };
         let writer = dir.lock().unwrap_or_else(|p| p.into_inner());
         let next = self.snapshot();
-        self.persist(&writer, next, scrub)
+        match self.persist(&writer, next)? {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
     }
 
-    /// Writes `subjects` as the next generation, then makes it the keyring's state.
+    /// Writes `subjects` as the next generation, then makes it the keyring's state; then
+    /// removes the old generation. `Err`: nothing changed; `Ok(Some(error))`: the new generation
+    /// is the key store, the old one could not be removed (a leftover, scrubbed later).
     fn persist(
         &self,
         dir: &KeyDir,
         subjects: HashMap<String, SubjectKeys, ahash::RandomState>,
-        scrub: bool,
-    ) -> Result<(), KeyStoreError> {
+    ) -> Result<Option<KeyStoreError>, KeyStoreError> {
         let (generation, slot) = {
             let state = self.read_state();
             (state.generation + 1, state.slot)
@@ -714,9 +764,15 @@ impl Keyring {
                     },
                     Epoch::Live(key) => match &self.master {
                         None => EpochRecord::Plain(key.bytes().to_vec()),
-                        Some(master) => EpochRecord::Wrapped(
-                            master.wrap(key.bytes(), &wrap_aad(&self.log_id, stream, *epoch))?,
-                        ),
+                        Some(master) => EpochRecord::Wrapped(match key.0.wrapped.get() {
+                            Some(wrapped) => wrapped.clone(),
+                            None => {
+                                let wrapped = master
+                                    .wrap(key.bytes(), &wrap_aad(&self.log_id, stream, *epoch))?;
+                                let _ = key.0.wrapped.set(wrapped.clone());
+                                wrapped
+                            }
+                        }),
                     },
                 };
                 epochs.push((*epoch, record));
@@ -739,11 +795,22 @@ impl Keyring {
             master_check,
             subjects: records,
         };
-        let new_slot = dir.replace(slot, &body, scrub)?;
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        state.subjects = subjects;
-        state.generation = generation;
-        state.slot = Some(new_slot);
-        Ok(())
+        // The commit point: once the new slot is durable it is the key store, whatever happens
+        // to the old one.
+        let new_slot = dir.write_next(slot, &body)?;
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.subjects = subjects;
+            state.generation = generation;
+            state.slot = Some(new_slot);
+        }
+        // The old generation is overwritten with zeros before it goes (it holds every key,
+        // including any destroyed now). If that fails, it is a leftover the next rewrite or open
+        // scrubs: `Ok(Some(error))`, for the caller to weigh (an erasure is not finished until it
+        // is gone; a new key is durable either way).
+        Ok(match slot {
+            Some(Slot(old)) => dir.remove(old, true).err(),
+            None => None,
+        })
     }
 }

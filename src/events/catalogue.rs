@@ -54,7 +54,8 @@ pub struct UserUnblocked {}
 /// log too (version 2; version 1 had no keys and left the log readable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserErased {
-    /// The keys the erasure destroys.
+    /// The keys the erasure destroys (absent in JSON: none, as version 1).
+    #[serde(default)]
     pub keys: Vec<ErasedKey>,
 }
 

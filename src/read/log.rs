@@ -40,7 +40,14 @@ impl LogSource {
         kind: crate::ids::SubjectKind,
         id: i64,
     ) -> Result<Option<Position>, ReadError> {
-        Ok(self.read(None, |p| p.erasure(bot, kind, id)).await?.value)
+        // Erased and nothing of them since: a subject that came back is not "erased".
+        Ok(self
+            .read(None, |p| match kind {
+                crate::ids::SubjectKind::Chat => p.chat_erased(bot, id),
+                crate::ids::SubjectKind::User => p.user_erased(bot, id),
+            })
+            .await?
+            .value)
     }
 
     async fn read<T>(

@@ -455,7 +455,12 @@ pub fn erased_entries(kind: crate::ids::SubjectKind, id: i64) -> Vec<String> {
         crate::ids::SubjectKind::Chat => {
             vec![format!("profile {id}"), format!("conversation {id}")]
         }
-        crate::ids::SubjectKind::User => vec![format!("user {id}")],
+        // A user's erasure takes their private chat (chat id = user id) too.
+        crate::ids::SubjectKind::User => vec![
+            format!("user {id}"),
+            format!("profile {id}"),
+            format!("conversation {id}"),
+        ],
     }
 }
 

@@ -82,6 +82,26 @@ pub struct AppendResult {
     pub stream_version: StreamVersion,
 }
 
+/// Refuses the events only the store writes. Erasures and their receipts come from
+/// `Store::erase` / `Hybrid::erase`: a client could otherwise make a subject read as erased while
+/// its texts stay readable, or forge a complete receipt. A `UserErased` without keys stays what
+/// it was before keys existed: the projections drop the user, the log keeps the events.
+fn reserved_check(index: usize, event: &Event) -> Result<()> {
+    let reserved = match event {
+        Event::UserErased(crate::events::UserErased { keys }) => !keys.is_empty(),
+        Event::ChatErased(_) | Event::ErasureReceiptRecorded(_) => true,
+        _ => false,
+    };
+    if reserved {
+        return Err(InputError::ErasureKeysReserved {
+            index,
+            event_type: event.type_name(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Counts an append handed on (to the writer thread, or written by its caller) until it is
 /// answered or its caller goes away.
 struct InFlight<'a> {
@@ -122,20 +142,21 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        let keys = validate(stream, &events)?;
         for (index, new) in events.iter().enumerate() {
-            if let Event::UserErased(crate::events::UserErased { keys })
-            | Event::ChatErased(crate::events::ChatErased { keys }) = &new.event
-            {
-                if !keys.is_empty() {
-                    return Err(InputError::ErasureKeysReserved {
-                        index,
-                        event_type: new.event.type_name(),
-                    }
-                    .into());
-                }
-            }
+            reserved_check(index, &new.event)?;
         }
+        self.append_store_events(stream, expected, events).await
+    }
+
+    /// [`Store::append`] without refusing the events only the store writes (erasures, their
+    /// receipts): for the store's own erasure and receipts.
+    pub(crate) async fn append_store_events(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let keys = validate(stream, &events)?;
         if let Some(original) = self.inner.indexes.duplicate_of(&keys, stream)? {
             return Ok(original);
         }

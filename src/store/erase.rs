@@ -28,6 +28,9 @@ use crate::error::{InputError, Result, StoreError};
 use crate::events::{ChatErased, ErasedKey, Event, Personal, UserErased};
 use crate::ids::{StreamId, Subject, Timestamp};
 
+/// Longest an erasure waits for its event to be durable before destroying the keys.
+const ERASURE_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What [`Store::erase`] did in the log and the key store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogErasure {
@@ -110,17 +113,20 @@ impl Store {
         for stream in &streams {
             guards.push((stream.clone(), self.lock_stream(stream).await));
         }
-        let keys: Vec<ErasedKey> = streams
-            .iter()
-            .map(|stream| {
-                let name = stream.to_string();
-                let epoch = self.inner.keys.retire(&name);
-                ErasedKey {
-                    stream: name,
-                    epoch,
-                }
-            })
-            .collect();
+        // Retiring waits for the key store's writer (a rewrite's fsyncs): off the runtime.
+        let names: Vec<String> = streams.iter().map(ToString::to_string).collect();
+        let keyring = self.inner.keys.clone();
+        let keys: Vec<ErasedKey> = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .map(|stream| {
+                    let epoch = keyring.retire(&stream);
+                    ErasedKey { stream, epoch }
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
         let event = match subject {
             Subject::Chat { .. } => Event::ChatErased(ChatErased { keys: keys.clone() }),
             Subject::User { .. } => Event::UserErased(UserErased { keys: keys.clone() }),
@@ -136,12 +142,39 @@ impl Store {
             .append_locked(&target, guard, ExpectedVersion::Any, events, dedupe)
             .await?;
         drop(guards);
-        let position = appended.last_position;
-        let erased_at = self
-            .read_positions(vec![position])
-            .await?
-            .first()
-            .map_or_else(Timestamp::now, |e| e.recorded_at);
+        // The rest runs in a task of its own: a caller that goes away (a client hanging up, a
+        // timeout) must not cut the erasure between its event and the keys' destruction.
+        let store = self.clone();
+        let subject = subject.clone();
+        tokio::spawn(async move {
+            store
+                .finish_erase(subject, streams, keys, appended.last_position)
+                .await
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Steps 4 on of [`Store::erase`]: once the erasure event is durable (in `interval` mode an
+    /// append returns before), destroy the keys, then count what was sealed and what was not.
+    async fn finish_erase(
+        &self,
+        subject: Subject,
+        streams: Vec<StreamId>,
+        keys: Vec<ErasedKey>,
+        position: Position,
+    ) -> Result<LogErasure> {
+        let wal = self.inner.wal.clone();
+        let durable = tokio::task::spawn_blocking(move || {
+            wal.wait_durable_beyond(position, ERASURE_SYNC_WAIT)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        if durable <= position {
+            return Err(StoreError::Task(format!(
+                "the erasure event at {position} was not durable within {ERASURE_SYNC_WAIT:?}; its keys are destroyed when it is (the next erase or open)"
+            )));
+        }
         let destroy: Vec<(String, u32)> = keys
             .iter()
             .filter(|k| k.epoch > 0)
@@ -153,9 +186,14 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
                 .map_err(StoreError::KeyStore)?;
+        let erased_at = self
+            .read_positions(vec![position])
+            .await?
+            .first()
+            .map_or_else(Timestamp::now, |e| e.recorded_at);
         let (sealed_events, plaintext_events) = self.count_personal(&streams, position).await?;
         Ok(LogErasure {
-            subject: subject.clone(),
+            subject,
             position,
             erased_at,
             keys,

@@ -100,9 +100,10 @@ pub async fn verify(
     components: ComponentSet,
 ) -> Result<VerifyReport, PgError> {
     let log = open_log(data_dir)?;
+    // The end first, then the keys: a key made in between is in the key store read after.
+    let log_end = log.durable_end();
     let keys = crate::crypto::Keyring::for_tool(data_dir, log.log_id(), true)
         .map_err(|e| PgError::Store(crate::StoreError::KeyStore(e)))?;
-    let log_end = log.durable_end();
     let query = |what| move |error| PgError::Query { what, error };
     let mut conn = pool.acquire().await.map_err(query("connect"))?;
     let mut tx = conn.begin().await.map_err(query("begin"))?;

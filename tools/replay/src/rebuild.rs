@@ -233,6 +233,12 @@ pub async fn rebuild(
         to <= log_end,
         "the interrupted replay ends at {to}, beyond the end of the log ({log_end})"
     );
+    // The key store again, now that the replay's end is fixed: a subject's key made since the
+    // first read is in it (every event below `to` has its key in this read).
+    let keys = std::sync::Arc::new(
+        hybridstore::crypto::Keyring::for_tool(&config.data_dir, Some(log_id), true)
+            .with_context(|| format!("the key store of {}", config.data_dir.display()))?,
+    );
     let resumed_at = (next > from).then_some(next);
     if let Some(at) = resumed_at {
         tracing::info!(%at, "resuming an interrupted replay");
