@@ -29,6 +29,8 @@ def prob(status, kind, **extra):
         (401, "unauthorized", hs.Unauthorized),
         (403, "forbidden", hs.Forbidden),
         (404, "not-found", hs.NotFound),
+        (404, "unknown-subject", hs.UnknownSubject),
+        (410, "erased", hs.Erased),
         (409, "wrong-expected-version", hs.WrongExpectedVersion),
         (409, "transition-refused", hs.TransitionRefused),
         (413, "payload-too-large", hs.PayloadTooLarge),
@@ -82,6 +84,23 @@ def test_extra_members():
     with pytest.raises(hs.NotServedHere) as info:
         c.profile(1)
     assert (info.value.component, info.value.state) == ("profiles", "dual-write")
+
+
+def test_erased_carries_its_position_and_unknown_subject_is_a_not_found():
+    """Proves a 410 erased exposes erased_at (the erasure's position; None when the problem has
+    none), and unknown-subject is caught by `except NotFound` (code written before it existed)."""
+    c = client_answering(410, prob(410, "erased", erased_at=1234))
+    with pytest.raises(hs.Erased) as info:
+        c.messages(42)
+    assert info.value.erased_at == 1234 and info.value.status == 410
+    c = client_answering(410, "gone")
+    with pytest.raises(hs.Erased) as info:
+        c.user(42)
+    assert info.value.erased_at is None
+    c = client_answering(404, prob(404, "unknown-subject"))
+    with pytest.raises(hs.NotFound) as info:
+        c.erase(chat_id=42)
+    assert type(info.value) is hs.UnknownSubject
 
 
 def test_non_problem_bodies_map_by_status():

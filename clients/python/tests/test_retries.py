@@ -130,6 +130,69 @@ def test_transition_is_retried_only_when_unsent():
     assert len(seen) == 1
 
 
+RECEIPT = {
+    "receipt_id": "01a231ab-6856-72d0-a51e-df08d8923026",
+    "subject": {"kind": "chat", "bot": "b", "chat_id": 42},
+    "erasure_position": 2,
+    "erased_at": "2026-12-01T12:54:06.675Z",
+    "keys_destroyed": [{"stream": "conv-b-42", "epoch": 1}],
+    "key_store_generation": 2,
+    "sealed_events_shredded": 2,
+    "plaintext_events_remaining": 0,
+    "sinks": [{"sink": "log-projection", "position": 2, "reached": True}],
+    "complete": True,
+    "checked_at": "2026-12-01T12:54:06.678Z",
+    "future_member": {"kept": True},
+}
+
+
+def test_erase_request_and_its_timeout():
+    """Proves erase sends {"chat"|"user", "wait_s"} (whole seconds, rounded up) to the bot's
+    erasures route with a timeout covering wait_s, parses the receipt (unknown members kept in
+    raw), and refuses both/neither ids or a bad wait_s before any request."""
+    handler, seen = scripted((200, RECEIPT))
+    c = hs.Client("http://d", bot="b", timeout=5, retry=FAST, transport=httpx.MockTransport(handler))
+    r = c.erase(chat_id=42, wait_s=29.5)
+    assert seen[0].method == "POST" and seen[0].url.path == "/v1/bots/b/erasures"
+    assert json.loads(seen[0].content) == {"chat": 42, "wait_s": 30}
+    assert seen[0].extensions["timeout"]["read"] == 35
+    assert r.receipt_id == RECEIPT["receipt_id"] and r.erasure_position == 2 and r.complete
+    assert r.keys_destroyed == [hs.ErasedKey("conv-b-42", 1)]
+    assert r.sinks == [hs.SinkReceipt("log-projection", 2, True, None)] and r.sinks_not_reached == []
+    assert r.raw["future_member"] == {"kept": True}
+    c.erase(user_id=7, bot="other", wait_s=None)
+    assert seen[1].url.path == "/v1/bots/other/erasures" and json.loads(seen[1].content) == {"user": 7}
+    assert seen[1].extensions["timeout"]["read"] == 15  # the daemon's default wait, 10 s
+    c.erasure_receipt(RECEIPT["receipt_id"], wait_s=700)
+    assert seen[2].method == "GET" and seen[2].url.path == f"/v1/bots/b/erasures/{RECEIPT['receipt_id']}"
+    assert seen[2].url.params["wait_s"] == "700" and seen[2].extensions["timeout"]["read"] == 605
+    for bad in [dict(), dict(chat_id=1, user_id=1), dict(chat_id=True), dict(chat_id=1.5), dict(chat_id=1, wait_s=-1)]:
+        with pytest.raises(ValueError):
+            c.erase(**bad)
+    assert len(seen) == 3
+
+
+def test_erase_is_retried_only_when_unsent():
+    """Proves an erasure is retried after a refused connection or a 503 unavailable, but not
+    after a timeout once sent (a second erasure is harmless but not free), nor on a 4xx."""
+    for first in (httpx.ConnectError, unavailable()):
+        handler, seen = scripted(first, (200, RECEIPT))
+        c = hs.Client("http://d", bot="b", retry=FAST, transport=httpx.MockTransport(handler))
+        assert c.erase(chat_id=42).complete and len(seen) == 2
+        assert seen[0].content == seen[1].content
+    handler, seen = scripted(httpx.ReadTimeout, (200, RECEIPT))
+    c = hs.Client("http://d", bot="b", retry=FAST, transport=httpx.MockTransport(handler))
+    with pytest.raises(hs.ConnectionFailed):
+        c.erase(chat_id=42)
+    assert len(seen) == 1
+    for status, kind, cls in [(403, "forbidden", hs.Forbidden), (404, "unknown-subject", hs.UnknownSubject), (400, "bad-request", hs.BadRequest)]:
+        handler, seen = scripted((status, {"type": f"/problems/{kind}", "status": status, "detail": "no"}), (200, RECEIPT))
+        c = hs.Client("http://d", bot="b", retry=FAST, transport=httpx.MockTransport(handler))
+        with pytest.raises(cls):
+            c.erase(chat_id=42)
+        assert len(seen) == 1
+
+
 def test_async_client_retries_with_the_same_ids():
     """Proves the asyncio client follows the same rule."""
     handler, seen = scripted(httpx.ReadTimeout, unavailable(), (200, OK))

@@ -4,6 +4,7 @@ retry rule and the parsing of answers. Only sending differs between them."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .types import (
     ProfileDocument,
     Read,
     ReadAllResult,
+    Receipt,
     RecordedEvent,
     Transition,
     User,
@@ -40,6 +42,8 @@ from .types import (
 DEFAULT_URL = "http://127.0.0.1:8740"
 #: The longest long poll the daemon allows (``wait_ms``).
 WAIT_MS_MAX = 30_000
+#: The longest an erasure (or a receipt asked again) waits for the sinks (``wait_s``).
+ERASE_WAIT_S_MAX = 600
 
 #: ``always``: idempotent, retried after any transport error, 503 and 504.
 #: ``unsent``: retried only when the request cannot have reached the daemon (connect errors) or
@@ -215,6 +219,72 @@ def set_migration_request(
         retry="unsent",
         timeout=timeout + (wait_s if wait_s is not None else 60),
     )
+
+
+def _erase_wait(wait_s: Optional[float]) -> Optional[int]:
+    """``wait_s`` as the daemon takes it: whole seconds (a fraction rounded up), ``None``: the
+    daemon's default (10 s). Over 600 the daemon waits 600."""
+    if wait_s is None:
+        return None
+    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not math.isfinite(wait_s) or wait_s < 0:
+        raise ValueError(f"wait_s must be a number of seconds >= 0, not {wait_s!r}")
+    return int(math.ceil(wait_s))
+
+
+def _erase_timeout(timeout: float, wait: Optional[int]) -> float:
+    # The daemon answers once the sinks reached the erasure or ``wait_s`` ran out: the request's
+    # time must cover that wait, or the client gives up on an erasure that is done.
+    return timeout + min(wait if wait is not None else 10, ERASE_WAIT_S_MAX)
+
+
+def _subject_id(value: Any, name: str) -> int:
+    # An id, not anything int() takes: True or 4.7 is a caller's bug, not chat 1 or 4.
+    if isinstance(value, (bool, float)):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, not {value!r}") from None
+
+
+def erase_request(bot: str, chat_id: Optional[int], user_id: Optional[int], wait_s: Optional[float], timeout: float) -> Request:
+    if (chat_id is None) == (user_id is None):
+        raise ValueError("erase: give exactly one of chat_id and user_id")
+    body: dict[str, Any] = (
+        {"chat": _subject_id(chat_id, "chat_id")} if chat_id is not None else {"user": _subject_id(user_id, "user_id")}
+    )
+    wait = _erase_wait(wait_s)
+    if wait is not None:
+        body["wait_s"] = wait
+    # Erasing twice is harmless, but not free (the daemon appends a second erasure and records a
+    # second receipt), and a timeout here usually means a slow sink, not a lost request: so it is
+    # retried only when it cannot have reached the daemon (connect errors) or the daemon said it
+    # did nothing (503 unavailable); never after a timeout or a dropped answer (the caller gets
+    # ``ConnectionFailed`` and may call ``erase`` again), never on a 4xx.
+    return Request(
+        "POST",
+        f"/v1/bots/{_q(bot)}/erasures",
+        json=body,
+        retry="unsent",
+        timeout=_erase_timeout(timeout, wait),
+    )
+
+
+def receipt_request(bot: str, receipt_id: str, wait_s: Optional[float], timeout: float) -> Request:
+    receipt_id = str(receipt_id)
+    if not receipt_id:
+        raise ValueError("receipt_id must not be empty")
+    wait = _erase_wait(wait_s)
+    return Request(
+        "GET",
+        f"/v1/bots/{_q(bot)}/erasures/{_q(receipt_id)}",
+        params=_strip_none({"wait_s": wait}),
+        timeout=_erase_timeout(timeout, wait),
+    )
+
+
+def parse_receipt(body: Mapping[str, Any]) -> Receipt:
+    return Receipt.from_json(body)
 
 
 def health_request(path: str) -> Request:

@@ -22,6 +22,7 @@ from .types import (
     ProfileDocument,
     Read,
     ReadAllResult,
+    Receipt,
     RecordedEvent,
     Transition,
     User,
@@ -190,18 +191,31 @@ class Client(_Base):
 
     # --- typed reads ---
     def profile(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ProfileDocument]]:
+        """The chat's profile document (``value`` ``None``: it has none).
+
+        Raises ``Erased`` (``.erased_at``: the erasure's position) when the chat partner was
+        erased and nothing of them was written since: erased is not absent."""
         return core.parse_read(self._send(self._profile_req(chat_id, bot, min_position)), ProfileDocument.from_json)
 
     def head(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ConversationHead]]:
+        """The conversation's counts and times (``value`` ``None``: no conversation).
+
+        Raises ``Erased`` when the chat partner was erased and nothing was written since."""
         req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/head", min_position)
         return core.parse_read(self._send(req), ConversationHead.from_json)
 
     def messages(self, chat_id: int, limit: int = 20, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[list[Message]]:
+        """The conversation's last ``limit`` messages, oldest first (``[]``: none).
+
+        Raises ``Erased`` when the chat partner was erased and nothing was written since."""
         req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/messages", min_position, limit=limit)
         read = core.parse_read(self._send(req), core.parse_messages)
         return read if read.value is not None else Read([], read.applied_end, read.source, read.state)
 
     def user(self, user_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[User]]:
+        """The user record (``value`` ``None``: no such user).
+
+        Raises ``Erased`` when the user was erased and nothing of them was written since."""
         req = core.typed_request(self._cfg.need_bot(bot), f"users/{int(user_id)}", min_position)
         return core.parse_read(self._send(req), User.from_json)
 
@@ -225,6 +239,29 @@ class Client(_Base):
     def set_migration(self, bot: str, component: str, to: str, force: bool = False, reason: Optional[str] = None, wait_s: Optional[float] = None) -> Transition:
         req = core.set_migration_request(bot, component, to, force, reason, wait_s, self._cfg.timeout)
         return Transition.from_json(self._send(req))
+
+    def erase(self, chat_id: Optional[int] = None, user_id: Optional[int] = None, bot: Optional[str] = None, wait_s: Optional[float] = 10) -> Receipt:
+        """Erases a person (admin token): a chat partner (``chat_id``) or a user and their private
+        chat (``user_id``) — exactly one of the two, else ``ValueError`` before any request. The
+        daemon appends the erasure, destroys their keys, drops them from every projection, waits
+        up to ``wait_s`` seconds (whole seconds, at most 600) for every sink to reach the erasure
+        and answers the receipt (``complete`` false when a sink had not: ask again with
+        ``erasure_receipt``). The request's timeout covers ``wait_s``.
+
+        Erasing twice is harmless. Retried only when it cannot have reached the daemon; a
+        timeout or a lost answer raises ``ConnectionFailed`` (call it again). Raises
+        ``UnknownSubject`` (a ``NotFound``) when the log holds no event of the subject,
+        ``Forbidden`` for a read or write token, ``BadRequest``, …"""
+        req = core.erase_request(self._cfg.need_bot(bot), chat_id, user_id, wait_s, self._cfg.timeout)
+        return core.parse_receipt(self._send(req))
+
+    def erasure_receipt(self, receipt_id: str, bot: Optional[str] = None, wait_s: Optional[float] = 10) -> Receipt:
+        """The receipt ``receipt_id`` (admin token), checked again when it was not complete
+        (waiting up to ``wait_s`` for the sinks; the daemon records it again once complete).
+        Raises ``NotFound`` when the bot has no such receipt (``BadRequest`` when the id is not
+        a receipt id at all)."""
+        req = core.receipt_request(self._cfg.need_bot(bot), receipt_id, wait_s, self._cfg.timeout)
+        return core.parse_receipt(self._send(req))
 
     # --- health ---
     def livez(self) -> bool:
@@ -377,18 +414,22 @@ class AsyncClient(_Base):
             failures += 1
 
     async def profile(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ProfileDocument]]:
+        """See ``Client.profile``; raises ``Erased`` for an erased chat partner."""
         return core.parse_read(await self._send(self._profile_req(chat_id, bot, min_position)), ProfileDocument.from_json)
 
     async def head(self, chat_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[ConversationHead]]:
+        """See ``Client.head``; raises ``Erased`` for an erased chat partner."""
         req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/head", min_position)
         return core.parse_read(await self._send(req), ConversationHead.from_json)
 
     async def messages(self, chat_id: int, limit: int = 20, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[list[Message]]:
+        """See ``Client.messages``; raises ``Erased`` for an erased chat partner."""
         req = core.typed_request(self._cfg.need_bot(bot), f"conversations/{int(chat_id)}/messages", min_position, limit=limit)
         read = core.parse_read(await self._send(req), core.parse_messages)
         return read if read.value is not None else Read([], read.applied_end, read.source, read.state)
 
     async def user(self, user_id: int, bot: Optional[str] = None, min_position: Optional[int] = None) -> Read[Optional[User]]:
+        """See ``Client.user``; raises ``Erased`` for an erased user."""
         req = core.typed_request(self._cfg.need_bot(bot), f"users/{int(user_id)}", min_position)
         return core.parse_read(await self._send(req), User.from_json)
 
@@ -410,6 +451,16 @@ class AsyncClient(_Base):
     async def set_migration(self, bot: str, component: str, to: str, force: bool = False, reason: Optional[str] = None, wait_s: Optional[float] = None) -> Transition:
         req = core.set_migration_request(bot, component, to, force, reason, wait_s, self._cfg.timeout)
         return Transition.from_json(await self._send(req))
+
+    async def erase(self, chat_id: Optional[int] = None, user_id: Optional[int] = None, bot: Optional[str] = None, wait_s: Optional[float] = 10) -> Receipt:
+        """See ``Client.erase``."""
+        req = core.erase_request(self._cfg.need_bot(bot), chat_id, user_id, wait_s, self._cfg.timeout)
+        return core.parse_receipt(await self._send(req))
+
+    async def erasure_receipt(self, receipt_id: str, bot: Optional[str] = None, wait_s: Optional[float] = 10) -> Receipt:
+        """See ``Client.erasure_receipt``."""
+        req = core.receipt_request(self._cfg.need_bot(bot), receipt_id, wait_s, self._cfg.timeout)
+        return core.parse_receipt(await self._send(req))
 
     async def livez(self) -> bool:
         return await self._health("/livez")

@@ -10,6 +10,8 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "UnknownSubject",
+    "Erased",
     "WrongExpectedVersion",
     "TransitionRefused",
     "PayloadTooLarge",
@@ -77,9 +79,34 @@ class Forbidden(HybridstoreError):
 
 
 class NotFound(HybridstoreError):
-    """404: no such route."""
+    """404: no such route, no such erasure receipt."""
 
     kind = "not-found"
+
+
+class UnknownSubject(NotFound):
+    """404: an erasure of a chat or user the log holds no event of (a ``NotFound``: code that
+    catches that keeps working)."""
+
+    kind = "unknown-subject"
+
+
+class Erased(HybridstoreError):
+    """410: a typed read of an erased person (a chat partner: profile, conversation head,
+    messages; a user: the user record) with nothing written of them since the erasure.
+    ``erased_at`` is the erasure's log position (``None`` if the problem did not say)."""
+
+    kind = "erased"
+
+    @property
+    def erased_at(self) -> Optional[int]:
+        value = self.problem.get("erased_at")
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
 
 
 class WrongExpectedVersion(HybridstoreError):
@@ -175,6 +202,8 @@ _BY_KIND: dict[str, type[HybridstoreError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        UnknownSubject,
+        Erased,
         WrongExpectedVersion,
         TransitionRefused,
         PayloadTooLarge,
@@ -191,6 +220,7 @@ _BY_STATUS: dict[int, type[HybridstoreError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    410: Erased,
     413: PayloadTooLarge,
     422: IdempotencyConflict,
     500: InternalError,

@@ -19,6 +19,9 @@ __all__ = [
     "ComponentState",
     "ComponentStatus",
     "Transition",
+    "ErasedKey",
+    "SinkReceipt",
+    "Receipt",
 ]
 
 T = TypeVar("T")
@@ -93,6 +96,11 @@ class RecordedEvent:
     bot_id: str
     type: str
     data: dict[str, Any]
+    #: The event's personal fields, when they were sealed (docs/envelope.md):
+    #: ``{"state": "sealed", "epoch": 1}`` (opened), or ``{"state": "erased", "epoch": 1,
+    #: "erased_at": P, "fields": ["text"]}`` (the key was destroyed at position P; those fields
+    #: hold blanks in ``data``). ``None`` for an event in the clear.
+    personal: Optional[dict[str, Any]] = None
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> "RecordedEvent":
@@ -112,6 +120,7 @@ class RecordedEvent:
             bot_id=str(d.get("bot_id", "")),
             type=str(event.get("type", "")),
             data=dict(event.get("data") or {}),
+            personal=dict(d["personal"]) if isinstance(d.get("personal"), Mapping) else None,
         )
 
 
@@ -292,4 +301,88 @@ class Transition:
             to=str(d.get("to", "")),
             position=d.get("position"),
             forced=bool(d.get("forced", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ErasedKey:
+    """A key an erasure destroyed: every epoch of ``stream``'s key up to ``epoch`` (0: the
+    subject never had a key, its events are all in the clear)."""
+
+    stream: str
+    epoch: int
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> "ErasedKey":
+        return ErasedKey(stream=str(d.get("stream", "")), epoch=int(d.get("epoch", 0)))
+
+
+@dataclass(frozen=True)
+class SinkReceipt:
+    """Whether one sink (``log-projection``, ``postgres``, ``cache``) had applied the log up to
+    the erasure (``reached``) when the receipt was checked; ``position`` is the erasure's
+    position, ``note`` why not when it had not."""
+
+    sink: str
+    position: Optional[int]
+    reached: bool
+    note: Optional[str] = None
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> "SinkReceipt":
+        position = d.get("position")
+        return SinkReceipt(
+            sink=str(d.get("sink", "")),
+            position=None if position is None else int(position),
+            reached=bool(d.get("reached", False)),
+            note=d.get("note"),
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An erasure's receipt (``POST /v1/bots/{bot}/erasures``, ``GET …/erasures/{id}``).
+
+    ``subject`` is ``{"kind": "chat"|"user", "bot", "chat_id"|"user_id"}``;
+    ``erasure_position`` the log position of the ``ChatErased``/``UserErased`` event (what
+    ``Erased.erased_at`` of a later read names); ``erased_at`` and ``checked_at`` are times as
+    the daemon writes them (RFC 3339 UTC strings: ``erased_at`` is the erasure event's recorded
+    time, not a position); ``complete`` is true when every sink reached the erasure.
+    ``raw`` is the JSON as the daemon answered it (with any member this client does not know):
+    keep that when the receipt must be archived."""
+
+    receipt_id: str
+    subject: dict[str, Any]
+    erasure_position: int
+    erased_at: Any
+    keys_destroyed: list[ErasedKey]
+    key_store_generation: Optional[int]
+    sealed_events_shredded: int
+    plaintext_events_remaining: int
+    sinks: list[SinkReceipt]
+    complete: bool
+    checked_at: Any
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sinks_not_reached(self) -> list[SinkReceipt]:
+        """The sinks that had not reached the erasure when the receipt was checked."""
+        return [s for s in self.sinks if not s.reached]
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> "Receipt":
+        generation = d.get("key_store_generation")
+        return Receipt(
+            receipt_id=str(d["receipt_id"]),
+            subject=dict(d.get("subject") or {}),
+            erasure_position=int(d["erasure_position"]),
+            erased_at=d.get("erased_at"),
+            keys_destroyed=[ErasedKey.from_json(k) for k in d.get("keys_destroyed") or []],
+            key_store_generation=None if generation is None else int(generation),
+            sealed_events_shredded=int(d.get("sealed_events_shredded", 0)),
+            plaintext_events_remaining=int(d.get("plaintext_events_remaining", 0)),
+            sinks=[SinkReceipt.from_json(s) for s in d.get("sinks") or []],
+            complete=bool(d.get("complete", False)),
+            checked_at=d.get("checked_at"),
+            raw=dict(d),
         )
