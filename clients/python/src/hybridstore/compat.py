@@ -14,6 +14,12 @@ events that turn the stored document into the wanted one (``profile_events``), a
 atomic append that expects that exact version; when another writer got in between (409), read and
 compute again. So concurrent bot processes never lose each other's updates, and a retried append
 (same client event ids) never lands twice.
+
+Erasure: the old bot knew nothing of it. A chat partner erased (``Client.erase``, ``hybridstore
+erase``) reads here as a chat with no profile — ``load_profile``/``get_profile`` return ``None``,
+``list_girls`` leaves them out, ``ensure_girl`` (and every write) creates a fresh profile, the
+context helpers give their empty values — where the typed reads raise ``Erased``: the old code
+paths never see that exception.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from .client import AsyncClient
-from .errors import HybridstoreError, WrongExpectedVersion
+from .errors import Erased, HybridstoreError, WrongExpectedVersion
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +306,15 @@ class Session:
             self.last_position = position
 
     async def document(self, chat_id: int) -> Optional[Dict[str, Any]]:
-        read = await self.client.profile(chat_id, self.bot, min_position=self.last_position)
+        return await self._document_at(chat_id, self.last_position)
+
+    async def _document_at(self, chat_id: int, min_position: Optional[int]) -> Optional[Dict[str, Any]]:
+        # The old bot knew no erasure: an erased chat partner is a chat without a profile to it
+        # (the next write creates a fresh one), never an exception in its code paths.
+        try:
+            read = await self.client.profile(chat_id, self.bot, min_position=min_position)
+        except Erased:
+            return None
         return read.value.to_dict() if read.value is not None else None
 
     async def state(self, chat_id: int) -> tuple[Optional[Dict[str, Any]], Optional[int]]:
@@ -371,11 +385,11 @@ class Session:
 
             async def refresh(chat_id: int, position: int) -> None:
                 async with sem:
-                    read = await self.client.profile(chat_id, self.bot, min_position=position)
-                if read.value is None:
+                    doc = await self._document_at(chat_id, position)
+                if doc is None:
                     self._index.pop(chat_id, None)
                 else:
-                    self._index[chat_id] = read.value.to_dict()
+                    self._index[chat_id] = doc
 
             await asyncio.gather(*(refresh(c, p) for c, p in dirty.items()))
             return [copy.deepcopy(self._index[c]) for c in sorted(self._index)]
@@ -521,7 +535,8 @@ class GirlsManager:
 
     # --- reads ---
     async def load_profile(self, chat_id: int) -> Optional[GirlProfile]:
-        """The chat's profile, ``None`` if it has none (``GET /v1/bots/{bot}/profiles/{chat}``)."""
+        """The chat's profile, ``None`` if it has none (``GET /v1/bots/{bot}/profiles/{chat}``)
+        or the chat partner was erased."""
         doc = await self.session.document(_validate_chat_id(chat_id))
         return GirlProfile.from_dict(doc) if doc is not None else None
 
@@ -550,7 +565,8 @@ class GirlsManager:
         await self.session.modify(wanted.chat_id, lambda _current: wanted)
 
     async def ensure_girl(self, chat_id: int, name: str = "") -> GirlProfile:
-        """The chat's profile; created (``ProfileCreated``) with ``name`` if it has none."""
+        """The chat's profile; created (``ProfileCreated``) with ``name`` if it has none (also
+        after an erasure of the chat partner: a fresh profile)."""
         chat_id = _validate_chat_id(chat_id)
         existing = await self.load_profile(chat_id)
         if existing is not None:
