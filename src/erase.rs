@@ -55,7 +55,9 @@ pub struct Receipt {
     pub erasure_position: u64,
     /// When the erasure was recorded (RFC 3339).
     pub erased_at: String,
-    /// The keys destroyed (epoch 0: that stream never had a key).
+    /// The subject's keys destroyed, each stream up to the epoch named (epoch 0: that stream
+    /// never had a key); erasing again names the same ones (nothing new to destroy: the
+    /// key-store generation stays).
     pub keys_destroyed: Vec<ErasedKey>,
     /// The key store's generation once they were.
     pub key_store_generation: u64,

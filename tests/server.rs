@@ -1012,6 +1012,7 @@ async fn erasure_through_the_daemon_and_the_cli() {
         let read = daemon.call("GET", path, Some(READ), None).await;
         assert_eq!(read.status, 410, "{path}: {read:?}");
         assert_eq!(problem_type(&read), "/problems/erased");
+        assert_eq!(read.json()["title"], "Erased");
         assert_eq!(read.json()["erased_at"], at);
     }
     let kept = daemon

@@ -622,6 +622,42 @@ impl Keyring {
         Ok((epoch, key))
     }
 
+    /// Makes a key for each of `streams` that has none, in one rewrite of the key store (an
+    /// import of many chats: one rewrite per new subject would rewrite the whole key store each
+    /// time). Returns how many keys it made. Blocking I/O.
+    ///
+    /// # Errors
+    /// A [`KeyStoreError`]: the key store could not be written (no key was made).
+    pub fn create_missing(&self, streams: &[String]) -> Result<usize, KeyStoreError> {
+        let Some(dir) = &self.dir else {
+            return Err(KeyStoreError::ReadOnly);
+        };
+        let writer = dir.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.snapshot();
+        let mut made = 0;
+        for stream in streams {
+            let subject = next.entry(stream.clone()).or_default();
+            let live = subject
+                .current
+                .is_some_and(|c| matches!(subject.epochs.get(&c), Some(Epoch::Live(_))));
+            if live {
+                continue;
+            }
+            let epoch = subject.epochs.keys().next_back().map_or(1, |last| last + 1);
+            subject.current = Some(epoch);
+            subject
+                .epochs
+                .insert(epoch, Epoch::Live(DataKey::random()?));
+            made += 1;
+        }
+        if made > 0 {
+            if let Some(error) = self.persist(&writer, next)? {
+                tracing::warn!(%error, "key store: the previous generation stays until the next rewrite");
+            }
+        }
+        Ok(made)
+    }
+
     /// Stops sealing new events of `stream` with its current key (they will get a new epoch);
     /// returns the highest epoch so far (0: the subject never had a key). In memory only: the
     /// erasure that follows destroys the keys durably.

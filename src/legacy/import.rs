@@ -107,6 +107,18 @@ pub async fn import_legacy(
         files_skipped: listing.skipped,
         ..ImportReport::default()
     };
+    // Every chat's key in one rewrite of the key store, not one per chat.
+    let streams: Vec<StreamId> = chats
+        .keys()
+        .map(|chat| StreamId::conversation(bot, *chat))
+        .collect();
+    store
+        .prepare_keys(&streams)
+        .await
+        .map_err(|source| LegacyError::Store {
+            chat_id: None,
+            source,
+        })?;
     let mut done = 0u64;
     let mut pending = chats.into_values();
     let mut in_flight = JoinSet::new();

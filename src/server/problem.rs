@@ -63,6 +63,8 @@ impl Problem {
             "unavailable" => "Unavailable",
             "not-served-here" => "Not served here",
             "timeout" => "Timeout",
+            "erased" => "Erased",
+            "unknown-subject" => "Unknown subject",
             _ => "Internal error",
         }
     }

@@ -165,6 +165,27 @@ impl Store {
             .await
     }
 
+    /// Makes the keys of every subject stream in `streams` that has none, in one rewrite of the
+    /// key store (what an import of many chats calls first). Returns how many it made.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyStore`] if the key store could not be written.
+    pub async fn prepare_keys(&self, streams: &[StreamId]) -> Result<usize> {
+        if !self.inner.config.seal_personal_fields {
+            return Ok(0);
+        }
+        let names: Vec<String> = streams
+            .iter()
+            .filter(|s| matches!(s.kind(), StreamKind::User | StreamKind::Conversation))
+            .map(ToString::to_string)
+            .collect();
+        let keys = self.inner.keys.clone();
+        tokio::task::spawn_blocking(move || keys.create_missing(&names))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(StoreError::KeyStore)
+    }
+
     /// Takes `stream`'s append lock: an owned guard, so that it can travel with the log append.
     pub(super) async fn lock_stream(&self, stream: &StreamId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = self

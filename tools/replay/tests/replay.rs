@@ -630,7 +630,10 @@ async fn component_subset() {
             .map(|(name, _)| name.clone())
             .collect()
     };
-    assert_eq!(swapped, ["component_states", "config_values", "users"]);
+    assert_eq!(
+        swapped,
+        ["component_states", "config_values", "erasures", "users"]
+    );
     let dump_after = dump_tables(&pool).await;
     for ((table, rows_before), (_, rows_after)) in dump_before.iter().zip(&dump_after) {
         if !swapped.contains(table) {
