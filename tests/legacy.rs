@@ -505,3 +505,23 @@ async fn a_long_chat_spans_several_appends() {
     assert!(end > Position(0));
     store.close().await.unwrap();
 }
+
+/// Proves an import makes every chat's key in one rewrite of the key store (not one per chat),
+/// and a rerun makes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_makes_all_its_keys_in_one_key_store_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    assert_eq!(store.keyring().generation(), 0);
+    let report = import(&store, &fixtures()).await;
+    assert!(report.chats_imported >= 3, "{report:?}");
+    assert_eq!(
+        store.keyring().generation(),
+        1,
+        "one rewrite for every chat's key"
+    );
+    assert!(store.keyring().subjects().len() >= 3);
+    import(&store, &fixtures()).await;
+    assert_eq!(store.keyring().generation(), 1, "a rerun makes no key");
+    store.close().await.unwrap();
+}
