@@ -497,113 +497,37 @@ impl StoredEvent {
     /// # Errors
     /// As [`StoredEvent::into_recorded`].
     pub fn into_recorded_cached(
-        mut self,
+        self,
         position: Position,
         streams: &mut StreamCache,
         keys: &Keyring,
     ) -> Result<RecordedEvent, DecodeError> {
-        let stream = match streams.0.get(self.stream.as_str()) {
-            Some(stream) => stream.clone(),
-            None => {
-                let stream: StreamId =
-                    self.stream.parse().map_err(|e: crate::error::InputError| {
-                        DecodeError::Envelope {
-                            reason: e.to_string(),
-                        }
-                    })?;
-                streams.0.insert(self.stream.clone(), stream.clone());
-                stream
-            }
-        };
-        if stream.bot_id().as_str() != self.bot_id {
-            return Err(DecodeError::Envelope {
-                reason: format!("bot id {:?} disagrees with stream {stream}", self.bot_id),
-            });
-        }
-        let mut event = decode_payload(&self.event_type, self.schema_version, &self.payload)?;
-        let personal = match self.sealed.take() {
-            None => Personal::Clear,
-            Some(sealed) => self.open_sealed(sealed, &mut event, keys)?,
-        };
-        Ok(RecordedEvent {
-            position,
-            bot_id: stream.bot_id().clone(),
-            stream,
-            stream_version: StreamVersion(self.stream_version),
-            batch_index: self.batch_index,
-            batch_len: self.batch_len,
-            event_id: Uuid::from_bytes(self.event_id),
-            event_id_supplied: self.flags & FLAG_CLIENT_EVENT_ID != 0,
-            idempotency_key: self.idempotency_key,
-            recorded_at: Timestamp(self.recorded_at),
-            occurred_at: Timestamp(self.occurred_at),
-            schema_version: self.schema_version,
-            event,
-            personal,
-        })
+        recorded_from(self.borrowed(), position, streams, keys)
     }
 
-    /// Opens the sealed personal fields into `event` (blanks stay when the key is destroyed or
-    /// not at hand).
-    fn open_sealed(
-        &self,
-        sealed: SealedFields,
-        event: &mut Event,
-        keys: &Keyring,
-    ) -> Result<Personal, DecodeError> {
-        let fields = || {
-            event
-                .personal_field_names()
-                .iter()
-                .map(|f| (*f).to_owned())
-                .collect()
-        };
-        let key = match keys.lookup(&self.stream, sealed.epoch) {
-            KeyLookup::Live(key) => key,
-            KeyLookup::Destroyed { position } => {
-                return Ok(Personal::Erased {
-                    epoch: sealed.epoch,
-                    erased_at: position,
-                    fields: fields(),
-                })
-            }
-            KeyLookup::Unknown if keys.is_strict() => {
-                return Err(DecodeError::KeyMissing {
-                    stream: self.stream.clone(),
-                    epoch: sealed.epoch,
-                })
-            }
-            KeyLookup::Unknown => {
-                return Ok(Personal::Locked {
-                    epoch: sealed.epoch,
-                    fields: fields(),
-                })
-            }
-        };
-        let failed = |reason: String| DecodeError::Sealed {
-            stream: self.stream.clone(),
-            epoch: sealed.epoch,
-            reason,
-        };
-        let aad = SealAad::new(
-            &self.event_id,
-            sealed.epoch,
-            &self.stream,
-            &self.event_type,
-            self.schema_version,
-        );
-        // Not wiped: the texts live on in the event (and the projection) anyway.
-        let plaintext = key
-            .open(&sealed.nonce, sealed.ciphertext, aad.bytes())
-            .ok_or_else(|| {
-                failed("the tag does not verify (damaged, or not this event's)".into())
-            })?;
-        let values: Vec<Option<String>> =
-            strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
-        event.put_personal(values).map_err(failed)?;
-        Ok(Personal::Sealed {
-            epoch: sealed.epoch,
-        })
+    /// The envelope as the borrowed form every reader decodes.
+    fn borrowed(&self) -> StoredEventRef<'_> {
+        StoredEventRef {
+            _format: self.format,
+            stream: &self.stream,
+            stream_version: self.stream_version,
+            batch_index: self.batch_index,
+            batch_len: self.batch_len,
+            event_id: self.event_id,
+            idempotency_key: self.idempotency_key.as_deref(),
+            recorded_at: self.recorded_at,
+            occurred_at: self.occurred_at,
+            bot_id: &self.bot_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            payload: &self.payload,
+            flags: self.flags,
+            sealed: self.sealed.as_ref().map(|s| SealedFieldsRef {
+                epoch: s.epoch,
+                nonce: s.nonce,
+                ciphertext: &s.ciphertext,
+            }),
+        }
     }
 
     /// Decodes the payload and builds the recorded event at `position`.
@@ -620,6 +544,167 @@ impl StoredEvent {
     }
 }
 
+/// A format-3 envelope borrowed from the record's bytes: what the readers decode (the stream,
+/// the bot, the type and the payload are not copied out).
+#[derive(Debug, Deserialize)]
+struct StoredEventRef<'a> {
+    /// Checked by the caller (it picks the decoder by it); in the layout.
+    _format: u8,
+    stream: &'a str,
+    stream_version: u64,
+    batch_index: u32,
+    batch_len: u32,
+    event_id: [u8; 16],
+    idempotency_key: Option<&'a str>,
+    recorded_at: i64,
+    occurred_at: i64,
+    bot_id: &'a str,
+    event_type: &'a str,
+    schema_version: u16,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+    flags: u8,
+    sealed: Option<SealedFieldsRef<'a>>,
+}
+
+/// [`SealedFields`], borrowed.
+#[derive(Debug, Deserialize)]
+struct SealedFieldsRef<'a> {
+    epoch: u32,
+    nonce: [u8; crate::crypto::NONCE_LEN],
+    #[serde(with = "serde_bytes")]
+    ciphertext: &'a [u8],
+}
+
+impl StoredEventRef<'_> {
+    /// Opens the sealed personal fields into `event` (blanks stay when the key is destroyed or
+    /// not at hand).
+    fn open_sealed(
+        &self,
+        sealed: SealedFieldsRef<'_>,
+        event: &mut Event,
+        keys: &Keyring,
+    ) -> Result<Personal, DecodeError> {
+        let fields = || {
+            event
+                .personal_field_names()
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect()
+        };
+        let key = match keys.lookup(self.stream, sealed.epoch) {
+            KeyLookup::Live(key) => key,
+            KeyLookup::Destroyed { position } => {
+                return Ok(Personal::Erased {
+                    epoch: sealed.epoch,
+                    erased_at: position,
+                    fields: fields(),
+                })
+            }
+            KeyLookup::Unknown if keys.is_strict() => {
+                return Err(DecodeError::KeyMissing {
+                    stream: self.stream.to_owned(),
+                    epoch: sealed.epoch,
+                })
+            }
+            KeyLookup::Unknown => {
+                return Ok(Personal::Locked {
+                    epoch: sealed.epoch,
+                    fields: fields(),
+                })
+            }
+        };
+        let failed = |reason: String| DecodeError::Sealed {
+            stream: self.stream.to_owned(),
+            epoch: sealed.epoch,
+            reason,
+        };
+        let aad = SealAad::new(
+            &self.event_id,
+            sealed.epoch,
+            self.stream,
+            self.event_type,
+            self.schema_version,
+        );
+        // Not wiped: the texts live on in the event (and the projection) anyway.
+        let plaintext = key
+            .open(&sealed.nonce, sealed.ciphertext.to_vec(), aad.bytes())
+            .ok_or_else(|| {
+                failed("the tag does not verify (damaged, or not this event's)".into())
+            })?;
+        let values: Vec<Option<String>> =
+            strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
+        event.put_personal(values).map_err(failed)?;
+        Ok(Personal::Sealed {
+            epoch: sealed.epoch,
+        })
+    }
+}
+
+/// Builds the recorded event an envelope describes at `position`.
+fn recorded_from(
+    envelope: StoredEventRef<'_>,
+    position: Position,
+    streams: &mut StreamCache,
+    keys: &Keyring,
+) -> Result<RecordedEvent, DecodeError> {
+    let stream = match streams.0.get(envelope.stream) {
+        Some(stream) => stream.clone(),
+        None => {
+            let stream: StreamId =
+                envelope
+                    .stream
+                    .parse()
+                    .map_err(|e: crate::error::InputError| DecodeError::Envelope {
+                        reason: e.to_string(),
+                    })?;
+            streams.0.insert(envelope.stream.to_owned(), stream.clone());
+            stream
+        }
+    };
+    if stream.bot_id().as_str() != envelope.bot_id {
+        return Err(DecodeError::Envelope {
+            reason: format!(
+                "bot id {:?} disagrees with stream {stream}",
+                envelope.bot_id
+            ),
+        });
+    }
+    let mut event = decode_payload(
+        envelope.event_type,
+        envelope.schema_version,
+        envelope.payload,
+    )?;
+    let personal = match &envelope.sealed {
+        None => Personal::Clear,
+        Some(sealed) => envelope.open_sealed(
+            SealedFieldsRef {
+                epoch: sealed.epoch,
+                nonce: sealed.nonce,
+                ciphertext: sealed.ciphertext,
+            },
+            &mut event,
+            keys,
+        )?,
+    };
+    Ok(RecordedEvent {
+        position,
+        bot_id: stream.bot_id().clone(),
+        stream,
+        stream_version: StreamVersion(envelope.stream_version),
+        batch_index: envelope.batch_index,
+        batch_len: envelope.batch_len,
+        event_id: Uuid::from_bytes(envelope.event_id),
+        event_id_supplied: envelope.flags & FLAG_CLIENT_EVENT_ID != 0,
+        idempotency_key: envelope.idempotency_key.map(str::to_owned),
+        recorded_at: Timestamp(envelope.recorded_at),
+        occurred_at: Timestamp(envelope.occurred_at),
+        schema_version: envelope.schema_version,
+        event,
+        personal,
+    })
+}
+
 /// Decodes a log record into an event.
 ///
 /// # Errors
@@ -629,7 +714,7 @@ pub fn decode_record(
     bytes: &[u8],
     keys: &Keyring,
 ) -> Result<RecordedEvent, DecodeError> {
-    StoredEvent::decode(bytes)?.into_recorded(position, keys)
+    decode_record_cached(position, bytes, &mut StreamCache::default(), keys)
 }
 
 /// Stream ids already parsed, by their text (see [`StoredEvent::into_recorded_cached`]).
@@ -646,6 +731,14 @@ pub fn decode_record_cached(
     streams: &mut StreamCache,
     keys: &Keyring,
 ) -> Result<RecordedEvent, DecodeError> {
+    // The current format is decoded borrowed; older ones through their owned forms.
+    if bytes.first() == Some(&ENVELOPE_FORMAT) {
+        let envelope: StoredEventRef<'_> =
+            strict_from_bytes(bytes).map_err(|e| DecodeError::Envelope {
+                reason: e.to_string(),
+            })?;
+        return recorded_from(envelope, position, streams, keys);
+    }
     StoredEvent::decode(bytes)?.into_recorded_cached(position, streams, keys)
 }
 
