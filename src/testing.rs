@@ -398,6 +398,34 @@ impl TestDb {
         TestDb { name, config }
     }
 
+    /// A TCP proxy in front of the database's server (for cutting the connections).
+    ///
+    /// # Panics
+    /// If the server's address does not resolve.
+    pub async fn proxy(&self) -> TcpProxy {
+        let target = format!(
+            "{}:{}",
+            self.config.connect.get_host(),
+            self.config.connect.get_port()
+        );
+        let target = tokio::net::lookup_host(target)
+            .await
+            .expect("the database's address resolves")
+            .next()
+            .expect("the database has an address");
+        TcpProxy::start(target).await
+    }
+
+    /// The database's configuration reached through `proxy`.
+    pub fn config_through(&self, proxy: &TcpProxy) -> PgConfig {
+        let mut config = self.config.clone();
+        config.connect = config
+            .connect
+            .host(&proxy.addr.ip().to_string())
+            .port(proxy.addr.port());
+        config
+    }
+
     /// A pool on the database.
     ///
     /// # Panics
@@ -825,4 +853,22 @@ fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
         headers,
         body,
     })
+}
+
+/// Waits (at most 60 s) until `hybrid`'s Postgres projector has committed `position` for every
+/// component it runs (a backfill on a loaded machine takes a while).
+///
+/// # Panics
+/// If `hybrid` has no supervisor, or the projector does not get there in time.
+pub async fn projected_past(hybrid: &crate::hybrid::Hybrid, position: hybridstore_wal::Position) {
+    let mut status = hybrid.supervisor().expect("a handle with Postgres").watch();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        status.wait_for(|s| {
+            !s.components.is_empty() && s.components.values().all(|c| c.committed > position)
+        }),
+    )
+    .await
+    .expect("the projector caught up within 60 s")
+    .expect("the supervisor runs");
 }

@@ -13,7 +13,7 @@ use hybridstore::events::{
 use hybridstore::hybrid::{Hybrid, HybridConfig, SetOptions};
 use hybridstore::ids::Subject;
 use hybridstore::read::{Query, ReadError};
-use hybridstore::testing::{redis_url, RedisNamespace, TcpProxy, TestDb};
+use hybridstore::testing::{projected_past, redis_url, RedisNamespace, TestDb};
 use hybridstore::{
     BotId, Component, ExpectedVersion, InputError, MigrationState, NewEvent, Store, StoreConfig,
     StoreError, StreamId, StreamVersion, Timestamp,
@@ -122,6 +122,28 @@ impl Person {
     }
 }
 
+/// Every event of `stream` (up to 1000).
+async fn all_events(store: &Store, stream: &StreamId) -> Vec<hybridstore::events::RecordedEvent> {
+    store
+        .read_stream(
+            stream,
+            StreamVersion(0),
+            hybridstore::store::ReadDirection::Forward,
+            1000,
+        )
+        .await
+        .unwrap()
+}
+
+/// [`all_events`] from outside the runtime.
+fn stream_events(
+    runtime: &tokio::runtime::Runtime,
+    store: &Store,
+    stream: &StreamId,
+) -> Vec<hybridstore::events::RecordedEvent> {
+    runtime.block_on(all_events(store, stream))
+}
+
 /// Every file under `dir`, with its bytes.
 fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -226,20 +248,6 @@ async fn to_database_only(hybrid: &Hybrid, components: &[Component]) {
                 .expect("the transition is made");
         }
     }
-}
-
-/// Waits (at most 60 s) until the projector has committed `position`.
-async fn projected_past(hybrid: &Hybrid, position: Position) {
-    let mut status = hybrid.supervisor().unwrap().watch();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| {
-            !s.components.is_empty() && s.components.values().all(|c| c.committed > position)
-        }),
-    )
-    .await
-    .expect("the projector caught up within 60 s")
-    .unwrap();
 }
 
 fn queries(chat: i64) -> Vec<Query> {
@@ -360,15 +368,7 @@ async fn an_erased_chat_leaves_nothing_readable_anywhere() {
     assert_eq!(reads_of(&hybrid, kept.chat).await, kept_before);
 
     // The receipt is in the log.
-    let receipts = store
-        .read_stream(
-            &StreamId::bot(&bot()),
-            StreamVersion(0),
-            hybridstore::store::ReadDirection::Forward,
-            1000,
-        )
-        .await
-        .unwrap();
+    let receipts = all_events(&store, &StreamId::bot(&bot())).await;
     assert!(receipts.iter().any(|e| matches!(&e.event,
         Event::ErasureReceiptRecorded(r) if r.receipt_id == receipt.receipt_id.to_string())));
 
@@ -385,15 +385,7 @@ async fn an_erased_chat_leaves_nothing_readable_anywhere() {
         "the other chat is untouched"
     );
     // The sealed events of the erased chat decode as erased: ids and counts, no text.
-    let events = store
-        .read_stream(
-            &erased.stream(),
-            StreamVersion(0),
-            hybridstore::store::ReadDirection::Forward,
-            100,
-        )
-        .await
-        .unwrap();
+    let events = all_events(&store, &erased.stream()).await;
     let erased_events: Vec<_> = events
         .iter()
         .filter(|e| matches!(e.personal, Personal::Erased { .. }))
@@ -617,25 +609,10 @@ async fn erasing_a_user_twice_and_coming_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_names_a_stopped_sink_and_completes_later() {
     let db = TestDb::create("erase").await;
-    let target = format!(
-        "{}:{}",
-        db.config.connect.get_host(),
-        db.config.connect.get_port()
-    );
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    let mut pg = db.config.clone();
-    pg.connect = pg
-        .connect
-        .host(&proxy.addr.ip().to_string())
-        .port(proxy.addr.port());
+    let proxy = db.proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let mut hybrid_config = config(dir.path(), None, None);
-    hybrid_config.postgres = Some(pg);
+    hybrid_config.postgres = Some(db.config_through(&proxy));
     let hybrid = Hybrid::open(hybrid_config).await.unwrap();
     hybrid
         .set_component_state(
@@ -1011,14 +988,7 @@ fn an_erasure_cut_before_the_key_is_destroyed_is_finished_at_open() {
     fs.power_loss(Tear::DropUnsynced);
     fs.clear_faults();
     let store = Store::open_blocking(sim_config(&fs, false)).unwrap();
-    let events = runtime
-        .block_on(store.read_stream(
-            &stream,
-            StreamVersion(0),
-            hybridstore::store::ReadDirection::Forward,
-            10,
-        ))
-        .unwrap();
+    let events = stream_events(&runtime, &store, &stream);
     assert!(
         matches!(events.last().map(|e| &e.event), Some(Event::ChatErased(_))),
         "the erasure event was durable before the failure"
@@ -1248,24 +1218,10 @@ fn a_failed_clean_up_after_the_commit_keeps_the_key_store() {
     fs.power_loss(Tear::DropUnsynced);
     let store = Store::open_blocking(sim_config(&fs, false)).unwrap();
     for (n, text) in [(2, "two"), (3, "three")] {
-        let events = runtime
-            .block_on(store.read_stream(
-                &chat(n),
-                StreamVersion(0),
-                hybridstore::store::ReadDirection::Forward,
-                10,
-            ))
-            .unwrap();
+        let events = stream_events(&runtime, &store, &chat(n));
         assert_eq!(events[0].event, received(text));
     }
-    let erased = runtime
-        .block_on(store.read_stream(
-            &chat(1),
-            StreamVersion(0),
-            hybridstore::store::ReadDirection::Forward,
-            10,
-        ))
-        .unwrap();
+    let erased = stream_events(&runtime, &store, &chat(1));
     assert!(matches!(erased[0].personal, Personal::Erased { .. }));
 }
 

@@ -14,7 +14,7 @@ use hybridstore::migration::TransitionError;
 use hybridstore::read::shadow::{self, WindowRule};
 use hybridstore::read::{Query, ReadSource, Source};
 use hybridstore::sink::postgres::PgConfig;
-use hybridstore::testing::{TcpProxy, TestDb};
+use hybridstore::testing::{projected_past, TcpProxy, TestDb};
 use hybridstore::{
     BotId, Component, ExpectedVersion, MigrationState, NewEvent, StoreConfig, StreamId,
 };
@@ -66,29 +66,9 @@ async fn open_through(
     proxy: &TcpProxy,
     reads_min: u64,
 ) -> Hybrid {
-    let mut pg = db.config.clone();
-    pg.connect = pg
-        .connect
-        .host(&proxy.addr.ip().to_string())
-        .port(proxy.addr.port());
-    let mut config = test_config(dir, Some(pg), reads_min);
+    let mut config = test_config(dir, Some(db.config_through(proxy)), reads_min);
     config.postgres_read_wait = Duration::from_millis(300);
     Hybrid::open(config).await.expect("the store opens")
-}
-
-/// A TCP proxy in front of `db`'s server.
-async fn proxy_to(db: &TestDb) -> TcpProxy {
-    let target = format!(
-        "{}:{}",
-        db.config.connect.get_host(),
-        db.config.connect.get_port()
-    );
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    TcpProxy::start(target).await
 }
 
 /// Appends `event` to conversation `chat`'s stream; its position.
@@ -124,21 +104,6 @@ async fn message(hybrid: &Hybrid, chat: i64, text: &str) -> Position {
         legacy_ts: None,
     };
     append_to(hybrid, chat, Event::MessageReceived(received)).await
-}
-
-/// Waits (at most 60 s) until the projector has committed `position` for every component it
-/// runs (a backfill on a loaded machine takes a while).
-async fn projected_past(hybrid: &Hybrid, position: Position) {
-    let mut status = hybrid.supervisor().unwrap().watch();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| {
-            !s.components.is_empty() && s.components.values().all(|c| c.committed > position)
-        }),
-    )
-    .await
-    .expect("the projector caught up within 60 s")
-    .unwrap();
 }
 
 /// Waits (at most 30 s) until `condition` holds, looking every 10 ms.
@@ -471,7 +436,7 @@ async fn shadow_reads_match_mismatch_and_lag() {
 async fn postgres_outage_rolls_back_without_failing_a_read() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::create("mig_outage").await;
-    let proxy = proxy_to(&db).await;
+    let proxy = db.proxy().await;
     let hybrid = open_through(dir.path(), &db, &proxy, 0).await;
     for chat in 1..=10 {
         create_profile(&hybrid, chat, "Ann").await;
@@ -582,7 +547,7 @@ async fn postgres_outage_rolls_back_without_failing_a_read() {
 async fn one_component_through_every_state() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::create("mig_walk").await;
-    let proxy = proxy_to(&db).await;
+    let proxy = db.proxy().await;
     let hybrid = open_through(dir.path(), &db, &proxy, 20).await;
     for chat in 1..=20 {
         create_profile(&hybrid, chat, "Ann").await;
