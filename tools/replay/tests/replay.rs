@@ -1035,3 +1035,73 @@ async fn routed_reads_survive_a_swap() {
     assert!(reads_during > 0, "no read ran during the rebuild");
     hybrid.close().await.unwrap();
 }
+
+/// Proves a replay into a fresh database reproduces an erasure: the erased chat's texts are in
+/// no row, its erasure mark is, and the tables equal those the in-process projector made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reproduces_an_erasure() {
+    use hybridstore::events::{Event, MessageReceived, ProfileCreated};
+    let fixture = Fixture::new(100, 4).await;
+    let bot = hybridstore::BotId::new("erased_bot").unwrap();
+    let secret = format!(
+        "secret-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let stream = hybridstore::StreamId::conversation(&bot, 77);
+    fixture
+        .store
+        .append(
+            &stream,
+            hybridstore::ExpectedVersion::Any,
+            vec![
+                hybridstore::NewEvent::new(Event::ProfileCreated(ProfileCreated {
+                    name: secret.clone(),
+                })),
+                hybridstore::NewEvent::new(Event::MessageReceived(MessageReceived {
+                    telegram_message_id: None,
+                    text: secret.clone(),
+                    content_type: "text".into(),
+                    legacy_ts: None,
+                })),
+            ],
+        )
+        .await
+        .unwrap();
+    fixture
+        .store
+        .erase(&hybridstore::ids::Subject::Chat {
+            bot: bot.clone(),
+            chat_id: 77,
+        })
+        .await
+        .unwrap();
+    let (projected, replayed) = (
+        TestDb::create("erase_projected").await,
+        TestDb::create("erase_replayed").await,
+    );
+    let projected_pool = projected.pool().await;
+    fixture.project(&projected_pool).await;
+    fixture.rebuild(&replayed, &[]).await;
+    let replayed_pool = replayed.pool().await;
+    let dump = dump_tables(&replayed_pool).await;
+    assert!(
+        !format!("{dump:?}").contains(&secret),
+        "an erased text is in the replayed tables"
+    );
+    let marks: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT bot_id, kind, subject_id FROM erasures WHERE bot_id = 'erased_bot'")
+            .fetch_all(&replayed_pool)
+            .await
+            .unwrap();
+    assert_eq!(marks, [("erased_bot".to_owned(), "chat".to_owned(), 77)]);
+    assert_same_tables(
+        &dump_tables(&projected_pool).await,
+        &dump,
+        "projector vs replay after an erasure",
+    );
+    fixture.verify_equal(&replayed).await;
+}
