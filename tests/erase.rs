@@ -1286,3 +1286,43 @@ async fn a_client_cannot_forge_erasures_or_receipts() {
     assert!(old_style.is_ok(), "{old_style:?}");
     store.close().await.unwrap();
 }
+
+/// Proves keys made by many appenders at once (a burst of new chats, made in shared rewrites of
+/// the key store) give each subject exactly one key, and every acknowledged event opens after a
+/// reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_subjects_gets_one_key_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|chat| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                append(
+                    &store,
+                    &StreamId::conversation(&bot(), chat),
+                    vec![received(&format!("hello {chat}"))],
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let subjects = store.keyring().subjects();
+    assert_eq!(subjects.len(), 32);
+    for (stream, keys) in &subjects {
+        assert_eq!(keys.live, vec![1], "{stream}: {keys:?}");
+        assert_eq!(keys.current, Some(1), "{stream}");
+    }
+    let rewrites = store.keyring().generation();
+    assert!((1..=32).contains(&rewrites), "{rewrites}");
+    store.close().await.unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    for chat in 0..32 {
+        let events = all_events(&store, &StreamId::conversation(&bot(), chat)).await;
+        assert_eq!(events[0].event, received(&format!("hello {chat}")));
+    }
+    store.close().await.unwrap();
+}

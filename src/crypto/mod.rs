@@ -326,6 +326,8 @@ pub struct Keyring {
     master: Option<MasterKey>,
     /// A key it does not hold is an error, not a locked field.
     strict: bool,
+    /// Subjects whose appenders wait for a key (the next rewrite makes them all).
+    waiting: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Scrubs and removes the slot that is not `current`, if it exists.
@@ -354,6 +356,7 @@ impl Keyring {
             log_id: String::new(),
             master: None,
             strict: false,
+            waiting: Mutex::default(),
         }
     }
 
@@ -534,6 +537,7 @@ impl Keyring {
             log_id,
             master,
             strict,
+            waiting: Mutex::default(),
         };
         if rewrite && writable {
             // A master key configured for a key store written without one: wrap every key now,
@@ -599,27 +603,26 @@ impl Keyring {
         let Some(dir) = &self.dir else {
             return Err(KeyStoreError::ReadOnly);
         };
+        // Group commit: whoever holds the writer's lock makes the keys of every subject waiting
+        // for one, in one rewrite (a burst of new chats is one rewrite, not one each).
+        self.waiting_for_keys().insert(stream.to_owned());
         let writer = dir.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = self.current(stream) {
+            self.waiting_for_keys().remove(stream);
             return Ok(found);
         }
-        let key = DataKey::random()?;
-        let epoch = {
-            let state = self.read_state();
-            state
-                .subjects
-                .get(stream)
-                .and_then(|s| s.epochs.keys().next_back().copied())
-                .map_or(1, |last| last + 1)
-        };
-        let mut next = self.snapshot();
-        let subject = next.entry(stream.to_owned()).or_default();
-        subject.current = Some(epoch);
-        subject.epochs.insert(epoch, Epoch::Live(key.clone()));
-        if let Some(error) = self.persist(&writer, next)? {
-            tracing::warn!(%error, "key store: the previous generation stays until the next rewrite");
-        }
-        Ok((epoch, key))
+        let mut batch = std::mem::take(&mut *self.waiting_for_keys());
+        batch.insert(stream.to_owned());
+        let batch: Vec<String> = batch.into_iter().collect();
+        self.create_locked(&writer, &batch)?;
+        self.current(stream).ok_or_else(|| KeyStoreError::Damaged {
+            path: self.path.clone().unwrap_or_default(),
+            what: format!("the key of {stream} was written but is not in memory (a bug)"),
+        })
+    }
+
+    fn waiting_for_keys(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a key for each of `streams` that has none, in one rewrite of the key store (an
@@ -633,6 +636,11 @@ impl Keyring {
             return Err(KeyStoreError::ReadOnly);
         };
         let writer = dir.lock().unwrap_or_else(|p| p.into_inner());
+        self.create_locked(&writer, streams)
+    }
+
+    /// [`Keyring::create_missing`] under the writer's lock.
+    fn create_locked(&self, writer: &KeyDir, streams: &[String]) -> Result<usize, KeyStoreError> {
         let mut next = self.snapshot();
         let mut made = 0;
         for stream in streams {
@@ -651,7 +659,7 @@ impl Keyring {
             made += 1;
         }
         if made > 0 {
-            if let Some(error) = self.persist(&writer, next)? {
+            if let Some(error) = self.persist(writer, next)? {
                 tracing::warn!(%error, "key store: the previous generation stays until the next rewrite");
             }
         }
