@@ -502,7 +502,7 @@ impl StoredEvent {
         streams: &mut StreamCache,
         keys: &Keyring,
     ) -> Result<RecordedEvent, DecodeError> {
-        recorded_from(self.borrowed(), position, streams, keys)
+        recorded_from(self.borrowed(), position, streams, Some(keys)).map(|(event, _)| event)
     }
 
     /// The envelope as the borrowed form every reader decodes.
@@ -576,69 +576,110 @@ struct SealedFieldsRef<'a> {
     ciphertext: &'a [u8],
 }
 
-impl StoredEventRef<'_> {
-    /// Opens the sealed personal fields into `event` (blanks stay when the key is destroyed or
-    /// not at hand).
-    fn open_sealed(
-        &self,
-        sealed: SealedFieldsRef<'_>,
-        event: &mut Event,
-        keys: &Keyring,
-    ) -> Result<Personal, DecodeError> {
-        let fields = || {
-            event
-                .personal_field_names()
-                .iter()
-                .map(|f| (*f).to_owned())
-                .collect()
-        };
-        let key = match keys.lookup(self.stream, sealed.epoch) {
-            KeyLookup::Live(key) => key,
-            KeyLookup::Destroyed { position } => {
-                return Ok(Personal::Erased {
-                    epoch: sealed.epoch,
-                    erased_at: position,
-                    fields: fields(),
-                })
-            }
-            KeyLookup::Unknown if keys.is_strict() => {
-                return Err(DecodeError::KeyMissing {
-                    stream: self.stream.to_owned(),
-                    epoch: sealed.epoch,
-                })
-            }
-            KeyLookup::Unknown => {
-                return Ok(Personal::Locked {
-                    epoch: sealed.epoch,
-                    fields: fields(),
-                })
-            }
-        };
-        let failed = |reason: String| DecodeError::Sealed {
-            stream: self.stream.to_owned(),
-            epoch: sealed.epoch,
-            reason,
-        };
-        let aad = SealAad::new(
-            &self.event_id,
-            sealed.epoch,
-            self.stream,
-            self.event_type,
-            self.schema_version,
-        );
-        // Not wiped: the texts live on in the event (and the projection) anyway.
-        let plaintext = key
-            .open(&sealed.nonce, sealed.ciphertext.to_vec(), aad.bytes())
-            .ok_or_else(|| {
-                failed("the tag does not verify (damaged, or not this event's)".into())
-            })?;
-        let values: Vec<Option<String>> =
-            strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
-        event.put_personal(values).map_err(failed)?;
-        Ok(Personal::Sealed {
-            epoch: sealed.epoch,
-        })
-    }
+/// What a sealed form is bound to (its associated data), from its envelope.
+struct SealId<'a> {
+    stream: &'a str,
+    event_id: &'a [u8; 16],
+    event_type: &'a str,
+    schema_version: u16,
+}
+
+/// Opens sealed personal fields into `event` (blanks stay when the key is destroyed or not at
+/// hand).
+fn open_fields(
+    id: &SealId<'_>,
+    epoch: u32,
+    nonce: &[u8; crate::crypto::NONCE_LEN],
+    ciphertext: Vec<u8>,
+    event: &mut Event,
+    keys: &Keyring,
+) -> Result<Personal, DecodeError> {
+    let fields = || {
+        event
+            .personal_field_names()
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect()
+    };
+    let key = match keys.lookup(id.stream, epoch) {
+        KeyLookup::Live(key) => key,
+        KeyLookup::Destroyed { position } => {
+            return Ok(Personal::Erased {
+                epoch,
+                erased_at: position,
+                fields: fields(),
+            })
+        }
+        KeyLookup::Unknown if keys.is_strict() => {
+            return Err(DecodeError::KeyMissing {
+                stream: id.stream.to_owned(),
+                epoch,
+            })
+        }
+        KeyLookup::Unknown => {
+            return Ok(Personal::Locked {
+                epoch,
+                fields: fields(),
+            })
+        }
+    };
+    let failed = |reason: String| DecodeError::Sealed {
+        stream: id.stream.to_owned(),
+        epoch,
+        reason,
+    };
+    let aad = SealAad::new(
+        id.event_id,
+        epoch,
+        id.stream,
+        id.event_type,
+        id.schema_version,
+    );
+    // Not wiped: the texts live on in the event (and the projection) anyway.
+    let plaintext = key
+        .open(nonce, ciphertext, aad.bytes())
+        .ok_or_else(|| failed("the tag does not verify (damaged, or not this event's)".into()))?;
+    let values: Vec<Option<String>> =
+        strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
+    event.put_personal(values).map_err(failed)?;
+    Ok(Personal::Sealed { epoch })
+}
+
+/// Sealed fields left to open later (the rebuild opens them on its applying thread, which has
+/// time to spare while the decoding one is the pipeline's bound).
+#[derive(Debug)]
+pub(crate) struct DeferredSeal {
+    epoch: u32,
+    nonce: [u8; crate::crypto::NONCE_LEN],
+    ciphertext: Vec<u8>,
+}
+
+/// Opens the sealed fields [`decode_record_deferred`] left in `event`.
+///
+/// # Errors
+/// As [`decode_record`]'s for sealed fields.
+pub(crate) fn open_deferred(
+    event: &mut RecordedEvent,
+    deferred: DeferredSeal,
+    keys: &Keyring,
+) -> Result<(), DecodeError> {
+    let stream = event.stream.to_string();
+    let event_id = *event.event_id.as_bytes();
+    let id = SealId {
+        stream: &stream,
+        event_id: &event_id,
+        event_type: event.event.type_name(),
+        schema_version: event.schema_version,
+    };
+    event.personal = open_fields(
+        &id,
+        deferred.epoch,
+        &deferred.nonce,
+        deferred.ciphertext,
+        &mut event.event,
+        keys,
+    )?;
+    Ok(())
 }
 
 /// Builds the recorded event an envelope describes at `position`.
@@ -646,8 +687,8 @@ fn recorded_from(
     envelope: StoredEventRef<'_>,
     position: Position,
     streams: &mut StreamCache,
-    keys: &Keyring,
-) -> Result<RecordedEvent, DecodeError> {
+    keys: Option<&Keyring>,
+) -> Result<(RecordedEvent, Option<DeferredSeal>), DecodeError> {
     let stream = match streams.0.get(envelope.stream) {
         Some(stream) => stream.clone(),
         None => {
@@ -675,34 +716,53 @@ fn recorded_from(
         envelope.schema_version,
         envelope.payload,
     )?;
-    let personal = match &envelope.sealed {
-        None => Personal::Clear,
-        Some(sealed) => envelope.open_sealed(
-            SealedFieldsRef {
+    let mut deferred = None;
+    let personal = match (&envelope.sealed, keys) {
+        (None, _) => Personal::Clear,
+        (Some(sealed), Some(keys)) => {
+            let id = SealId {
+                stream: envelope.stream,
+                event_id: &envelope.event_id,
+                event_type: envelope.event_type,
+                schema_version: envelope.schema_version,
+            };
+            open_fields(
+                &id,
+                sealed.epoch,
+                &sealed.nonce,
+                sealed.ciphertext.to_vec(),
+                &mut event,
+                keys,
+            )?
+        }
+        (Some(sealed), None) => {
+            deferred = Some(DeferredSeal {
                 epoch: sealed.epoch,
                 nonce: sealed.nonce,
-                ciphertext: sealed.ciphertext,
-            },
-            &mut event,
-            keys,
-        )?,
+                ciphertext: sealed.ciphertext.to_vec(),
+            });
+            Personal::Clear
+        }
     };
-    Ok(RecordedEvent {
-        position,
-        bot_id: stream.bot_id().clone(),
-        stream,
-        stream_version: StreamVersion(envelope.stream_version),
-        batch_index: envelope.batch_index,
-        batch_len: envelope.batch_len,
-        event_id: Uuid::from_bytes(envelope.event_id),
-        event_id_supplied: envelope.flags & FLAG_CLIENT_EVENT_ID != 0,
-        idempotency_key: envelope.idempotency_key.map(str::to_owned),
-        recorded_at: Timestamp(envelope.recorded_at),
-        occurred_at: Timestamp(envelope.occurred_at),
-        schema_version: envelope.schema_version,
-        event,
-        personal,
-    })
+    Ok((
+        RecordedEvent {
+            position,
+            bot_id: stream.bot_id().clone(),
+            stream,
+            stream_version: StreamVersion(envelope.stream_version),
+            batch_index: envelope.batch_index,
+            batch_len: envelope.batch_len,
+            event_id: Uuid::from_bytes(envelope.event_id),
+            event_id_supplied: envelope.flags & FLAG_CLIENT_EVENT_ID != 0,
+            idempotency_key: envelope.idempotency_key.map(str::to_owned),
+            recorded_at: Timestamp(envelope.recorded_at),
+            occurred_at: Timestamp(envelope.occurred_at),
+            schema_version: envelope.schema_version,
+            event,
+            personal,
+        },
+        deferred,
+    ))
 }
 
 /// Decodes a log record into an event.
@@ -737,9 +797,32 @@ pub fn decode_record_cached(
             strict_from_bytes(bytes).map_err(|e| DecodeError::Envelope {
                 reason: e.to_string(),
             })?;
-        return recorded_from(envelope, position, streams, keys);
+        return recorded_from(envelope, position, streams, Some(keys)).map(|(event, _)| event);
     }
     StoredEvent::decode(bytes)?.into_recorded_cached(position, streams, keys)
+}
+
+/// [`decode_record_cached`] leaving sealed fields closed (blank, `Personal::Clear` until
+/// [`open_deferred`] opens them): the rebuild's decoding thread.
+///
+/// # Errors
+/// As [`decode_record`], but for the sealed fields.
+pub(crate) fn decode_record_deferred(
+    position: Position,
+    bytes: &[u8],
+    streams: &mut StreamCache,
+) -> Result<(RecordedEvent, Option<DeferredSeal>), DecodeError> {
+    if bytes.first() == Some(&ENVELOPE_FORMAT) {
+        let envelope: StoredEventRef<'_> =
+            strict_from_bytes(bytes).map_err(|e| DecodeError::Envelope {
+                reason: e.to_string(),
+            })?;
+        return recorded_from(envelope, position, streams, None);
+    }
+    // Formats 1 and 2 have nothing sealed.
+    let event =
+        StoredEvent::decode(bytes)?.into_recorded_cached(position, streams, &Keyring::keyless())?;
+    Ok((event, None))
 }
 
 #[cfg(test)]

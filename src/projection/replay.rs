@@ -9,13 +9,20 @@ use hybridstore_wal::{Position, Wal};
 
 use crate::crypto::Keyring;
 use crate::error::{Result, StoreError};
-use crate::events::{decode_record_cached, RecordedEvent, StreamCache};
+use crate::events::{
+    decode_record_cached, decode_record_deferred, open_deferred, DeferredSeal, RecordedEvent,
+    StreamCache,
+};
+
+/// Decoded events, each with its sealed fields opened or still closed (then opened by the
+/// applying thread).
+type Chunk = Vec<(RecordedEvent, Option<DeferredSeal>)>;
 
 /// Events decoded per chunk handed from the decoding thread to the applying one.
 const CHUNK_EVENTS: usize = 1024;
 
 /// Reads the durable events of `wal` from `from` up to `to` (exclusive; the durable end when
-/// `None`), decodes each once (opening sealed fields with `keys`), and hands them to `apply` in log order. Returns the position after
+/// `None`), decodes each once (its sealed fields opened with `keys` on the applying thread), and hands them to `apply` in log order. Returns the position after
 /// the last event handed over.
 ///
 /// Reading and decoding run on a second thread, a chunk ahead of applying: on a machine with two
@@ -40,17 +47,28 @@ pub fn replay_log(
         return Ok(from);
     }
     let mut reader = wal.reader(from)?;
-    let (chunks, received) = sync_channel::<Result<Vec<RecordedEvent>>>(4);
+    let (chunks, received) = sync_channel::<Result<Chunk>>(4);
     // Emptied chunks go back to the decoder: a fresh 1024-event buffer per chunk would be fresh
     // pages for the kernel to zero every time.
-    let (recycle, recycled) = sync_channel::<Vec<RecordedEvent>>(8);
+    let (recycle, recycled) = sync_channel::<Chunk>(8);
+    // Chunks sent and not yet taken: how far the applying thread is behind.
+    let queued = std::sync::atomic::AtomicUsize::new(0);
+    let queued = &queued;
     std::thread::scope(|scope| -> Result<Position> {
         let decoder = scope.spawn(move || {
-            decode_chunks(&mut reader, to, keys, &mut on_decoded, &chunks, &recycled);
+            decode_chunks(
+                &mut reader,
+                to,
+                (keys, queued),
+                &mut on_decoded,
+                &chunks,
+                &recycled,
+            );
         });
         let mut end = from;
         let mut outcome = Ok(());
         'chunks: for chunk in received.iter() {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let mut chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(error) => {
@@ -58,8 +76,19 @@ pub fn replay_log(
                     break;
                 }
             };
-            for event in chunk.drain(..) {
+            for (mut event, deferred) in chunk.drain(..) {
                 let next = event.position.advance(1);
+                // Sealed fields are opened here, on the applying thread: decoding is the
+                // pipeline's slower side, and this one has time to spare.
+                if let Some(deferred) = deferred {
+                    if let Err(source) = open_deferred(&mut event, deferred, keys) {
+                        outcome = Err(StoreError::Decode {
+                            position: event.position,
+                            source,
+                        });
+                        break 'chunks;
+                    }
+                }
                 if apply(event).is_break() {
                     end = next;
                     break 'chunks;
@@ -82,17 +111,25 @@ pub fn replay_log(
 fn decode_chunks(
     reader: &mut hybridstore_wal::Reader,
     to: Position,
-    keys: &Keyring,
+    (keys, queued): (&Keyring, &std::sync::atomic::AtomicUsize),
     on_decoded: &mut (impl FnMut(&RecordedEvent) + Send),
-    chunks: &SyncSender<Result<Vec<RecordedEvent>>>,
-    recycled: &Receiver<Vec<RecordedEvent>>,
+    chunks: &SyncSender<Result<Chunk>>,
+    recycled: &Receiver<Chunk>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let send = |item: Result<Chunk>| {
+        queued.fetch_add(1, Relaxed);
+        chunks.send(item)
+    };
     let mut streams = StreamCache::default();
     loop {
         let mut chunk = recycled
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(CHUNK_EVENTS));
         let mut done = false;
+        // Sealed fields are opened by whichever thread has time: here when the applying thread
+        // is behind (chunks queue up), there when it waits for this one.
+        let open_here = queued.load(Relaxed) >= 2;
         while chunk.len() < CHUNK_EVENTS {
             let record = match reader.next_record() {
                 Ok(Some(record)) if record.position < to => record,
@@ -101,20 +138,26 @@ fn decode_chunks(
                     break;
                 }
                 Err(error) => {
-                    let _ = chunks.send(Err(error.into()));
+                    let _ = send(Err(error.into()));
                     return;
                 }
             };
-            match decode_record_cached(record.position, &record.data, &mut streams, keys) {
-                Ok(event) => {
+            let decoded = if open_here {
+                decode_record_cached(record.position, &record.data, &mut streams, keys)
+                    .map(|event| (event, None))
+            } else {
+                decode_record_deferred(record.position, &record.data, &mut streams)
+            };
+            match decoded {
+                Ok((event, deferred)) => {
                     on_decoded(&event);
-                    chunk.push(event);
+                    chunk.push((event, deferred));
                 }
                 Err(source) => {
                     if !chunk.is_empty() {
-                        let _ = chunks.send(Ok(chunk));
+                        let _ = send(Ok(chunk));
                     }
-                    let _ = chunks.send(Err(StoreError::Decode {
+                    let _ = send(Err(StoreError::Decode {
                         position: record.position,
                         source,
                     }));
@@ -122,7 +165,7 @@ fn decode_chunks(
                 }
             }
         }
-        if !chunk.is_empty() && chunks.send(Ok(chunk)).is_err() {
+        if !chunk.is_empty() && send(Ok(chunk)).is_err() {
             return;
         }
         if done {
