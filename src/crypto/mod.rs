@@ -7,7 +7,7 @@
 //!   epoch so far, and events appended afterwards (the person wrote again) get a new one.
 //! - The [`Keyring`] is the key store in memory, and its only writer: a new key is in the key
 //!   store file, fdatasynced, before any event sealed with it is handed to the log, so no
-//!   acknowledged event is ever without its key ([`keyfile`] has the file's layout).
+//!   acknowledged event is ever without its key (`keyfile.rs` has the file's layout).
 //! - With a master key ([`MasterKey`]: `HYBRIDSTORE_MASTER_KEY` or `…_FILE`), the data keys are
 //!   kept wrapped with it, so a copied data directory alone does not open the texts.
 //! - The `wal/` crate knows nothing of this: sealing is part of the event codec

@@ -1,12 +1,15 @@
 //! The envelope every log record carries ([`StoredEvent`], format 3; formats 1 and 2 still
 //! read), the event readers get ([`RecordedEvent`]), and the one codec every reader decodes
-//! through ([`decode_record`]), with the keyring that opens sealed personal fields.
+//! through ([`decode_record`]), with the keyring that opens sealed personal fields (`sealing.rs`
+//! seals and opens them).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::catalogue::{decode_payload, strict_from_bytes, Event};
-use crate::crypto::{DataKey, KeyLookup, Keyring};
+use super::sealing::{open_fields, seal_fields, DeferredSeal, SealId};
+pub use super::sealing::{Personal, SealedFields};
+use crate::crypto::{DataKey, Keyring};
 use crate::ids::{BotId, StreamId, StreamVersion, Timestamp};
 use hybridstore_wal::Position;
 
@@ -56,22 +59,6 @@ pub struct StoredEvent {
     /// The personal fields, sealed with the subject's key (format 3 on); `None` for an event
     /// without personal fields, not on a subject's stream, or written before format 3.
     pub sealed: Option<SealedFields>,
-}
-
-/// An event's personal fields, sealed (design §10; `crate::crypto`). The payload holds them
-/// blanked; the plaintext sealed here is the postcard of their values (`Vec<Option<String>>`,
-/// in the catalogue's personal-field order), AES-256-GCM with the subject's key at
-/// `epoch`, bound (as associated data) to the event id, the epoch, the stream, the type and its
-/// schema version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealedFields {
-    /// The subject's key epoch.
-    pub epoch: u32,
-    /// A random nonce.
-    pub nonce: [u8; crate::crypto::NONCE_LEN],
-    /// The ciphertext and its 16-byte tag.
-    #[serde(with = "serde_bytes")]
-    pub ciphertext: Vec<u8>,
 }
 
 /// The format-2 envelope: [`StoredEvent`] without `sealed`. Read, never written.
@@ -124,45 +111,6 @@ impl StoredEventV2 {
     /// Postcard's.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         postcard::to_stdvec(self)
-    }
-}
-
-/// What became of an event's personal fields.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum Personal {
-    /// Not sealed: the event has no personal fields, is not on a subject's stream, or was
-    /// written in the clear (before envelope format 3).
-    #[default]
-    Clear,
-    /// Sealed, and opened with the subject's key.
-    Sealed {
-        /// The key's epoch.
-        epoch: u32,
-    },
-    /// Sealed with a key an erasure destroyed: the fields hold blanks.
-    Erased {
-        /// The key's epoch.
-        epoch: u32,
-        /// The erasure's position.
-        erased_at: u64,
-        /// The blanked fields.
-        fields: Vec<String>,
-    },
-    /// Sealed with a key this reader does not have (a tool run without the key store): the
-    /// fields hold blanks.
-    Locked {
-        /// The key's epoch.
-        epoch: u32,
-        /// The blanked fields.
-        fields: Vec<String>,
-    },
-}
-
-impl Personal {
-    /// True for [`Personal::Clear`].
-    pub fn is_clear(&self) -> bool {
-        matches!(self, Personal::Clear)
     }
 }
 
@@ -310,58 +258,6 @@ pub enum DecodeError {
     },
 }
 
-/// The associated data a sealed form is bound to: `event_id ‖ epoch (LE) ‖ stream ‖ 0 ‖
-/// event_type ‖ 0 ‖ schema_version (LE)`, on the stack when it fits (every real one does).
-struct SealAad {
-    buffer: [u8; 160],
-    len: usize,
-    spilled: Vec<u8>,
-}
-
-impl SealAad {
-    fn new(
-        event_id: &[u8; 16],
-        epoch: u32,
-        stream: &str,
-        event_type: &str,
-        schema: u16,
-    ) -> SealAad {
-        let parts: [&[u8]; 7] = [
-            event_id,
-            &epoch.to_le_bytes(),
-            stream.as_bytes(),
-            &[0],
-            event_type.as_bytes(),
-            &[0],
-            &schema.to_le_bytes(),
-        ];
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut aad = SealAad {
-            buffer: [0; 160],
-            len,
-            spilled: Vec::new(),
-        };
-        if len <= aad.buffer.len() {
-            let mut at = 0;
-            for part in parts {
-                aad.buffer[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
-        } else {
-            aad.spilled = parts.concat();
-        }
-        aad
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.spilled.is_empty() {
-            &self.buffer[..self.len]
-        } else {
-            &self.spilled
-        }
-    }
-}
-
 impl StoredEvent {
     /// Builds the stored form of `event`.
     ///
@@ -412,28 +308,9 @@ impl StoredEvent {
     ) -> Result<StoredEvent, postcard::Error> {
         let (payload, sealed) = match seal {
             Some((epoch, key)) if event.has_personal_fields() => {
-                let mut blanked = event.clone();
-                let values = blanked.take_personal();
-                let plaintext = postcard::to_stdvec(&values)?;
-                let stream_text = stream.to_string();
-                let aad = SealAad::new(
-                    event_id.as_bytes(),
-                    epoch,
-                    &stream_text,
-                    event.type_name(),
-                    event.schema_version(),
-                );
-                let (nonce, ciphertext) = key
-                    .seal(plaintext, aad.bytes())
-                    .map_err(|_| postcard::Error::SerializeBufferFull)?;
-                (
-                    blanked.encode_payload()?,
-                    Some(SealedFields {
-                        epoch,
-                        nonce,
-                        ciphertext,
-                    }),
-                )
+                let (blanked, sealed) =
+                    seal_fields(event, event_id.as_bytes(), stream, epoch, key)?;
+                (blanked.encode_payload()?, Some(sealed))
             }
             _ => (event.encode_payload()?, None),
         };
@@ -576,112 +453,6 @@ struct SealedFieldsRef<'a> {
     ciphertext: &'a [u8],
 }
 
-/// What a sealed form is bound to (its associated data), from its envelope.
-struct SealId<'a> {
-    stream: &'a str,
-    event_id: &'a [u8; 16],
-    event_type: &'a str,
-    schema_version: u16,
-}
-
-/// Opens sealed personal fields into `event` (blanks stay when the key is destroyed or not at
-/// hand).
-fn open_fields(
-    id: &SealId<'_>,
-    epoch: u32,
-    nonce: &[u8; crate::crypto::NONCE_LEN],
-    ciphertext: Vec<u8>,
-    event: &mut Event,
-    keys: &Keyring,
-) -> Result<Personal, DecodeError> {
-    let fields = || {
-        event
-            .personal_field_names()
-            .iter()
-            .map(|f| (*f).to_owned())
-            .collect()
-    };
-    let key = match keys.lookup(id.stream, epoch) {
-        KeyLookup::Live(key) => key,
-        KeyLookup::Destroyed { position } => {
-            return Ok(Personal::Erased {
-                epoch,
-                erased_at: position,
-                fields: fields(),
-            })
-        }
-        KeyLookup::Unknown if keys.is_strict() => {
-            return Err(DecodeError::KeyMissing {
-                stream: id.stream.to_owned(),
-                epoch,
-            })
-        }
-        KeyLookup::Unknown => {
-            return Ok(Personal::Locked {
-                epoch,
-                fields: fields(),
-            })
-        }
-    };
-    let failed = |reason: String| DecodeError::Sealed {
-        stream: id.stream.to_owned(),
-        epoch,
-        reason,
-    };
-    let aad = SealAad::new(
-        id.event_id,
-        epoch,
-        id.stream,
-        id.event_type,
-        id.schema_version,
-    );
-    // Not wiped: the texts live on in the event (and the projection) anyway.
-    let plaintext = key
-        .open(nonce, ciphertext, aad.bytes())
-        .ok_or_else(|| failed("the tag does not verify (damaged, or not this event's)".into()))?;
-    let values: Vec<Option<String>> =
-        strict_from_bytes(&plaintext).map_err(|e| failed(e.to_string()))?;
-    event.put_personal(values).map_err(failed)?;
-    Ok(Personal::Sealed { epoch })
-}
-
-/// Sealed fields left to open later (the rebuild opens them on its applying thread, which has
-/// time to spare while the decoding one is the pipeline's bound).
-#[derive(Debug)]
-pub(crate) struct DeferredSeal {
-    epoch: u32,
-    nonce: [u8; crate::crypto::NONCE_LEN],
-    ciphertext: Vec<u8>,
-}
-
-/// Opens the sealed fields [`decode_record_deferred`] left in `event`.
-///
-/// # Errors
-/// As [`decode_record`]'s for sealed fields.
-pub(crate) fn open_deferred(
-    event: &mut RecordedEvent,
-    deferred: DeferredSeal,
-    keys: &Keyring,
-) -> Result<(), DecodeError> {
-    let stream = event.stream.to_string();
-    let event_id = *event.event_id.as_bytes();
-    let id = SealId {
-        stream: &stream,
-        event_id: &event_id,
-        event_type: event.event.type_name(),
-        schema_version: event.schema_version,
-    };
-    event.personal = open_fields(
-        &id,
-        deferred.epoch,
-        &deferred.nonce,
-        deferred.ciphertext,
-        &mut event.event,
-        keys,
-    )?;
-    Ok(())
-}
-
 /// Builds the recorded event an envelope describes at `position`.
 fn recorded_from(
     envelope: StoredEventRef<'_>,
@@ -736,11 +507,11 @@ fn recorded_from(
             )?
         }
         (Some(sealed), None) => {
-            deferred = Some(DeferredSeal {
-                epoch: sealed.epoch,
-                nonce: sealed.nonce,
-                ciphertext: sealed.ciphertext.to_vec(),
-            });
+            deferred = Some(DeferredSeal::new(
+                sealed.epoch,
+                sealed.nonce,
+                sealed.ciphertext,
+            ));
             Personal::Clear
         }
     };

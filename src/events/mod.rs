@@ -22,7 +22,9 @@ mod catalogue;
 mod envelope;
 mod json;
 mod personal;
+mod sealing;
 
 pub use catalogue::*;
 pub use envelope::*;
 pub use json::JsonText;
+pub(crate) use sealing::{open_deferred, DeferredSeal};

@@ -67,7 +67,7 @@ impl Event {
         }
     }
 
-    /// The names of the event's personal fields, in [`Event::personal_slots`] order (empty for an
+    /// The names of the event's personal fields, in `Event::personal_slots` order (empty for an
     /// event without any).
     pub fn personal_field_names(&self) -> &'static [&'static str] {
         const IDENTITY: &[&str] = &[
@@ -92,7 +92,7 @@ impl Event {
         !self.personal_field_names().is_empty()
     }
 
-    /// Takes the personal fields out (leaving them blank), in [`Event::personal_slots`] order.
+    /// Takes the personal fields out (leaving them blank), in `Event::personal_slots` order.
     pub(crate) fn take_personal(&mut self) -> Vec<Option<String>> {
         self.personal_slots()
             .into_iter()
