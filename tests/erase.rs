@@ -1125,7 +1125,8 @@ fn acknowledged_events_keep_their_keys_across_kill_9() {
 
 /// Proves the `erase` command on a data directory: exit 0 and the receipt as JSON on stdout for a
 /// chat, 2 (with the reason) for a subject the log does not hold, 1 for a receipt id it does not
-/// know, and clap refuses two targets at once.
+/// know; clap refuses two targets at once; a directory without a store is refused (exit 2) and
+/// not created.
 #[test]
 fn the_erase_command_on_a_data_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -1168,6 +1169,17 @@ fn the_erase_command_on_a_data_directory() {
     assert_eq!(no_receipt.status.code(), Some(1), "{no_receipt:?}");
     let both = run(&["erase", "--bot", "shred", "--chat", "12", "--user", "12"]);
     assert_eq!(both.status.code(), Some(2));
+    let nowhere = dir.path().join("mistyped");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_hybridstore"))
+        .arg("--data-dir")
+        .arg(&nowhere)
+        .args(["erase", "--bot", "shred", "--chat", "12"])
+        .env_remove("HYBRIDSTORE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no store in"));
+    assert!(!nowhere.exists(), "a failed erase created a data directory");
 }
 
 /// Proves a key-store rewrite whose removal of the old generation fails still counts (the new

@@ -59,6 +59,17 @@ pub fn erase_command(
     target: Target,
     wait: Duration,
 ) -> ExitCode {
+    // Nothing to erase in a directory without a log: say so instead of creating a store there
+    // (a mistyped --data-dir).
+    let wal = data_dir.join(hybridstore::WAL_SUBDIR);
+    if !wal.is_dir() {
+        eprintln!(
+            "error: no store in {} (no {}): check --data-dir or HYBRIDSTORE_DATA_DIR; nothing was created",
+            data_dir.display(),
+            wal.display()
+        );
+        return ExitCode::from(2);
+    }
     with_hybrid(data_dir, db, async |hybrid| {
         let result = match target {
             Target::Chat(chat_id) => hybrid
