@@ -21,6 +21,21 @@ else
     export DATABASE_URL REDIS_URL
 fi
 
+# A clean checkout (CI) gains nothing from incremental compilation, which adds ~2 GB to target/.
+if [[ ${CI:-} == true && -z ${CARGO_INCREMENTAL:-} ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
+# The build needs a few GB: say so up front rather than let a full disk surface as a linker crash.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ $target_dir == /* ]] || target_dir="$PWD/$target_dir"
+need_kib=$((5 * 1024 * 1024))
+free_kib=$(df -Pk "$(dirname "$target_dir")" | awk 'NR == 2 { print $4 }' || true)
+if [[ $free_kib =~ ^[0-9]+$ ]] && ((free_kib < need_kib)); then
+    printf 'warning: %s MiB free on the disk of %s; the test build needs about 5 GiB (less if target/ already holds most of it)\n' \
+        "$((free_kib / 1024))" "$target_dir" >&2
+fi
+
 step "cargo test --workspace --all-targets --locked $*"
 cargo test --workspace --all-targets --locked "$@"
 
@@ -29,8 +44,6 @@ cargo test --workspace --doc --locked
 
 # The Python client (clients/python) against the debug binary `cargo test` just built: a
 # virtualenv in target/pyenv (made once), the client and pytest installed into it from PyPI.
-target_dir="${CARGO_TARGET_DIR:-target}"
-[[ $target_dir == /* ]] || target_dir="$PWD/$target_dir"
 step "python: pytest clients/python/tests (virtualenv $target_dir/pyenv)"
 [[ -x $target_dir/pyenv/bin/python ]] || python3 -m venv "$target_dir/pyenv"
 "$target_dir/pyenv/bin/python" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test]'
