@@ -791,6 +791,101 @@ async fn subscriptions_deliver_every_event_once_in_order() {
     assert_eq!(message_text(rest.last().unwrap()), "late");
 }
 
+/// Proves the fan-out reads and decodes nothing while nobody subscribes, and each event exactly
+/// once while a subscriber is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fanout_decodes_nothing_while_nobody_subscribes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    for n in 0..100 {
+        store
+            .append(&conv(n % 3), ExpectedVersion::Any, one(received("alone")))
+            .await
+            .unwrap();
+    }
+    // The projection has applied them all (the same durable notification wakes the fan-out).
+    store
+        .read_projection(Some(Position(99)), |_| ())
+        .await
+        .unwrap();
+    assert_eq!(store.fanout_decoded_events(), 0);
+    let mut live = store.subscribe(store.durable_end()).unwrap();
+    for n in 0..100 {
+        let appended = store
+            .append(&conv(n % 3), ExpectedVersion::Any, one(received("watched")))
+            .await
+            .unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("the subscription stalled")
+            .expect("the subscription ended")
+            .unwrap();
+        assert_eq!(event.position, appended.first_position);
+    }
+    assert_eq!(store.fanout_decoded_events(), 100);
+    store.close().await.unwrap();
+}
+
+/// Proves subscribers that start behind a parked fan-out (nobody live) catch up, rejoin it and
+/// then get every later event exactly once, in order, while appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_rejoining_a_parked_fanout_get_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    for n in 0..50 {
+        store
+            .append(&conv(n % 4), ExpectedVersion::Any, one(received("before")))
+            .await
+            .unwrap();
+    }
+    // Nobody was live: the fan-out stands where the store opened (0) and reads nothing.
+    assert_eq!(store.fanout_decoded_events(), 0);
+    let mut from_middle = store.subscribe(Position(25)).unwrap();
+    let mut from_end = store.subscribe(store.durable_end()).unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..200 {
+                store
+                    .append(&conv(n % 5), ExpectedVersion::Any, one(received("during")))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let end = 250u64;
+    for (from, subscription) in [(25u64, &mut from_middle), (50, &mut from_end)] {
+        for expected in from..end {
+            let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+                .await
+                .unwrap_or_else(|_| panic!("the subscriber from {from} stalled at {expected}"))
+                .expect("the subscription ended")
+                .unwrap();
+            assert_eq!(event.position.0, expected, "the subscriber from {from}");
+        }
+    }
+    writer.await.unwrap();
+    for subscription in [&mut from_middle, &mut from_end] {
+        let extra = tokio::time::timeout(Duration::from_millis(20), subscription.next()).await;
+        assert!(extra.is_err(), "an extra event: {extra:?}");
+    }
+    // Both rejoined: later appends come through the fan-out, to each once.
+    let late = store
+        .append(&conv(9), ExpectedVersion::Any, one(received("late")))
+        .await
+        .unwrap();
+    for subscription in [&mut from_middle, &mut from_end] {
+        let event = subscription.next().await.unwrap().unwrap();
+        assert_eq!(event.position, late.first_position);
+        assert_eq!(message_text(&event), "late");
+    }
+    assert!(
+        store.fanout_decoded_events() < end,
+        "the fan-out read from where the first subscriber rejoined, not from the start"
+    );
+    store.close().await.unwrap();
+}
+
 /// Proves hundreds of subscribers on a live store each see every event once, in order: some
 /// start at the beginning (catching up from the log), some mid-log, some live, while appends go
 /// on; slow ones that fall a whole queue behind catch up from the log and lose nothing.

@@ -280,6 +280,7 @@ impl Inner {
     fn shutdown_blocking(&self) -> Result<()> {
         self.stop_writer();
         self.shutdown.store(true, Ordering::Relaxed);
+        self.fanout.shutting_down();
         // Closing the log first wakes the projector and the fan-out from their wait for new
         // records, so the joins return at once rather than after their poll interval.
         let closed = self.wal.clone().close();
@@ -309,6 +310,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.stop_writer();
         self.shutdown.store(true, Ordering::Relaxed);
+        self.fanout.shutting_down();
         // Close the log first: it wakes the projector, so the join below does not wait out the
         // projector's poll interval.
         if let Err(error) = self.wal.clone().close() {

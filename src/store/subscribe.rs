@@ -8,15 +8,20 @@
 //! full), is *lagging*: the fan-out skips it, and the subscriber reads the log itself, at its own
 //! pace, when it asks for its next event, until it stands where the fan-out stands and rejoins.
 //! The log is the buffer: a slow or idle subscriber costs the others nothing and loses nothing.
+//! With no live subscriber (none at all, or every one lagging) the fan-out does not read the log
+//! either: it parks until one registers or rejoins, then reads on from where that one stands, so
+//! a store nobody subscribes to pays no wake-up and no decoding per append for it.
 //!
 //! # Invariants
 //! - A subscriber rejoins only under the fan-out's lock, at or past the fan-out's next position,
 //!   and the fan-out hands it only events at or past its own next position: no event is
-//!   delivered twice or skipped between catching up and live.
+//!   delivered twice or skipped between catching up and live. While it is parked (no live
+//!   subscriber) the fan-out's next position may move forward to where a rejoining subscriber
+//!   stands, and it reads on from there: nobody live wanted what it skipped.
 //! - Only durable events are delivered.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hybridstore_wal::{Position, Reader, Wal};
@@ -69,11 +74,25 @@ struct State {
     next_id: u64,
     /// The fan-out stopped (the store closed, or the log could not be read).
     stopped: bool,
+    /// The fan-out thread reads nothing until a subscriber is live: none has been since the
+    /// store opened, or none is now (it waits for one).
+    parked: bool,
+}
+
+impl State {
+    /// Whether any subscriber takes what the fan-out hands out.
+    fn any_live(&self) -> bool {
+        self.subscribers.iter().any(|live| !live.lagging())
+    }
 }
 
 /// The fan-out shared by the store, its thread and the subscriptions.
 pub(super) struct Fanout {
     state: Mutex<State>,
+    /// Wakes the parked fan-out thread: a subscriber registered or rejoined, or shutdown.
+    wake: Condvar,
+    /// Events the fan-out thread has decoded (tests: it reads nothing while nobody is live).
+    decoded: AtomicU64,
     wal: Wal,
     /// Opens sealed fields.
     keys: Arc<crate::crypto::Keyring>,
@@ -94,8 +113,11 @@ impl Fanout {
         Arc::new(Fanout {
             state: Mutex::new(State {
                 next: from,
+                parked: true,
                 ..State::default()
             }),
+            wake: Condvar::new(),
+            decoded: AtomicU64::new(0),
             wal,
             keys,
             shutdown,
@@ -118,16 +140,31 @@ impl Fanout {
 
     /// The fan-out thread: hands every durable event to the live subscribers.
     pub(super) fn run(self: Arc<Fanout>) {
-        let from = self.state().next;
-        let mut reader = match self.wal.reader(from) {
+        let mut reader_at = self.state().next;
+        let mut reader = match self.wal.reader(reader_at) {
             Ok(reader) => reader,
             Err(error) => return self.stop_with(Some(error.into())),
         };
         while !self.shutdown.load(Ordering::Relaxed) {
+            // Nobody live: read nothing until a subscriber registers or rejoins.
+            let Some(next) = self.wait_for_live() else {
+                break;
+            };
+            if next != reader_at {
+                // A subscriber rejoined, while this thread was parked, further on than the
+                // reader stands: read on from there.
+                reader = match self.wal.reader(next) {
+                    Ok(reader) => reader,
+                    Err(_) if self.shutdown.load(Ordering::Relaxed) => break,
+                    Err(error) => return self.stop_with(Some(error.into())),
+                };
+            }
             match read_batch(&mut reader, &self.keys) {
                 Ok(None) => {}
                 Ok(Some(Batch { events, failure })) => {
-                    self.hand_out(&events);
+                    self.decoded
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    reader_at = self.hand_out(&events).unwrap_or(reader_at);
                     if let Some(error) = failure {
                         return self.stop_with(Some(error));
                     }
@@ -139,14 +176,47 @@ impl Fanout {
         self.stop_with(None);
     }
 
+    /// Parks while no subscriber is live; returns the fan-out's next position once one is, or
+    /// `None` at shutdown.
+    fn wait_for_live(&self) -> Option<Position> {
+        let mut state = self.state();
+        while !state.any_live() {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return None;
+            }
+            state.parked = true;
+            state = self
+                .wake
+                .wait_timeout(state, SHUTDOWN_CHECK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.parked = false;
+        Some(state.next)
+    }
+
+    /// Wakes the fan-out thread if it is parked (under the state lock).
+    fn unpark(&self, state: &State) {
+        if state.parked {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stops the fan-out thread's wait at shutdown.
+    pub(super) fn shutting_down(&self) {
+        let _state = self.state();
+        self.wake.notify_all();
+    }
+
     /// Hands `events` to every live subscriber that is not lagging; one whose queue is full
-    /// starts lagging, one that hung up is dropped.
-    fn hand_out(&self, events: &[Arc<RecordedEvent>]) {
+    /// starts lagging, one that hung up is dropped. Returns the position after them (where the
+    /// fan-out reads next).
+    fn hand_out(&self, events: &[Arc<RecordedEvent>]) -> Option<Position> {
         let (Some(first), Some(end)) = (
             events.first().map(|e| e.position),
             events.last().map(|e| e.position.advance(1)),
         ) else {
-            return;
+            return None;
         };
         let batch: Events = events.into();
         let mut state = self.state();
@@ -174,6 +244,7 @@ impl Fanout {
             }
         });
         state.next = end;
+        Some(end)
     }
 
     /// Ends the fan-out (the store closed, or the log could not be read: `error`): every
@@ -203,6 +274,7 @@ impl Fanout {
             sender,
             lagging: lagging.clone(),
         });
+        self.unpark(&state);
         (id, lagging)
     }
 
@@ -213,10 +285,16 @@ impl Fanout {
         if state.stopped || next < state.next {
             return false;
         }
+        // Parked, the fan-out reads nothing: it reads on from here (see the module's invariants).
+        let move_to = (state.parked && !state.any_live()).then_some(next);
         match state.subscribers.iter_mut().find(|live| live.id == id) {
             Some(live) => {
                 live.next = next;
                 live.lagging.store(false, Ordering::Release);
+                if let Some(next) = move_to {
+                    state.next = next;
+                }
+                self.unpark(&state);
                 true
             }
             None => false,
@@ -445,6 +523,12 @@ impl Drop for Subscription {
 }
 
 impl Store {
+    /// Events the subscription fan-out has decoded since the store opened (for tests).
+    #[doc(hidden)]
+    pub fn fanout_decoded_events(&self) -> u64 {
+        self.inner.fanout.decoded.load(Ordering::Relaxed)
+    }
+
     /// Follows the durable log from `from`: every event exactly once, in order.
     ///
     /// # Errors
