@@ -13,6 +13,8 @@ pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const SEGMENT_SIZE_BYTES_MIN: u64 = 128;
 /// Largest segment size accepted (frame lengths are u32).
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1 << 31;
+/// Default of [`Options::early_switch_after_bytes`]: 1 MiB.
+pub const EARLY_SWITCH_AFTER_BYTES_DEFAULT: u64 = 1024 * 1024;
 
 /// When an append is acknowledged, and so how much a power loss can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,8 +66,16 @@ pub struct Options {
     /// What to do with a torn tail at open.
     pub recovery: RecoveryMode,
     /// Whether the next segment is prepared (zero-filled) ahead of rotation. A log that stays
-    /// below half a segment never prepares one.
+    /// below half a segment never prepares one (unless it switches early, below).
     pub prepare: PrepareSegments,
+    /// Leaves an active segment that is not pre-written early: once this many bytes have been
+    /// written into it by this process while it is at most half full, the next segment is
+    /// prepared and the writer rotates into it as soon as it is ready (not when it is full).
+    /// An active segment is not pre-written when it was created by `fallocate` (a new log's
+    /// first segment, or a rotation with nothing prepared) or reopened (its tail is re-extended
+    /// by `fallocate`); every `fdatasync` of appends into its unwritten extents also commits
+    /// their conversion. 0 never switches early; with [`PrepareSegments::Off`] nothing does.
+    pub early_switch_after_bytes: u64,
     /// The file system (the real one unless a test injects the simulated disk).
     pub fs: Arc<dyn FileSystem>,
 }
@@ -77,6 +87,7 @@ impl fmt::Debug for Options {
             .field("durability", &self.durability)
             .field("recovery", &self.recovery)
             .field("prepare", &self.prepare)
+            .field("early_switch_after_bytes", &self.early_switch_after_bytes)
             .field("fs", &self.fs)
             .finish()
     }
@@ -89,6 +100,7 @@ impl Default for Options {
             durability: Durability::Always,
             recovery: RecoveryMode::TruncateTornTail,
             prepare: PrepareSegments::Background,
+            early_switch_after_bytes: EARLY_SWITCH_AFTER_BYTES_DEFAULT,
             fs: StdFs::shared(),
         }
     }

@@ -93,10 +93,11 @@ impl Preparer {
     }
 
     /// Called by the writer (holding the active segment's I/O lock) after each write: once the
-    /// active segment is past half its size and nothing is prepared or under way, asks for the
-    /// next segment. `inline` prepares at once on the calling thread (tests: deterministic).
-    pub fn note_written(self: &Arc<Self>, write_offset: u64, inline: bool) {
-        if write_offset <= self.segment_size_bytes / 2 {
+    /// active segment is past half its size, or at once when the writer wants to leave it
+    /// `early` (it is not pre-written), and nothing is prepared or under way, asks for the next
+    /// segment. `inline` prepares at once on the calling thread (tests: deterministic).
+    pub fn note_written(self: &Arc<Self>, write_offset: u64, early: bool, inline: bool) {
+        if !early && write_offset <= self.segment_size_bytes / 2 {
             return;
         }
         let mut state = self.state();
@@ -145,6 +146,11 @@ impl Preparer {
         let mut state = self.state();
         tracing::warn!(%error, dir = %self.dir.display(), "preparing the next segment failed; the next rotation creates it instead");
         state.phase = Phase::Failed;
+    }
+
+    /// Whether a prepared file is ready for the next rotation.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state().phase, Phase::Ready(_))
     }
 
     /// Called by rotation: the prepared file when one is ready (it is the caller's from now on),

@@ -101,9 +101,16 @@ pub(crate) struct ActiveIo {
     /// Offset and position up to which the active segment is known durable.
     pub synced_offset: u64,
     pub synced_end: Position,
+    /// Whether every byte past `write_offset` was written (zeros) before this process wrote
+    /// there: true for a segment renamed from a prepared file, false for one created by
+    /// `fallocate` or reopened (see [`crate::Options::early_switch_after_bytes`]).
+    pub prewritten: bool,
+    /// `write_offset` when this process took the segment.
+    pub taken_at_offset: u64,
 }
 
 impl ActiveIo {
+    /// The active segment, not pre-written (created by `fallocate`, or reopened).
     pub fn new(segment: Arc<Segment>, offset: u64, end: Position) -> ActiveIo {
         ActiveIo {
             segment,
@@ -111,7 +118,19 @@ impl ActiveIo {
             written_end: end,
             synced_offset: offset,
             synced_end: end,
+            prewritten: false,
+            taken_at_offset: offset,
         }
+    }
+
+    /// Whether this segment should be left for a pre-written one as soon as one is ready: it is
+    /// not pre-written, this process wrote `after_bytes` into it, and it is at most half full
+    /// (past half, the usual preparation for the rotation at the end takes over).
+    fn wants_early_switch(&self, after_bytes: u64, segment_size: u64) -> bool {
+        !self.prewritten
+            && after_bytes > 0
+            && self.write_offset - self.taken_at_offset >= after_bytes
+            && self.write_offset <= segment_size / 2
     }
 }
 
@@ -285,6 +304,13 @@ impl Shared {
     ) -> Result<Position, PoisonCause> {
         let mut io = lock(&self.io);
         let segment_size = self.options.segment_size_bytes;
+        let early_after = self.options.early_switch_after_bytes;
+        if io.wants_early_switch(early_after, segment_size)
+            && self.preparer.as_ref().is_some_and(|p| p.is_ready())
+        {
+            // Rotate into the pre-written segment now rather than when this one is full.
+            self.rotate(&mut io)?;
+        }
         let group_frame_len = align_up(body.len()) as u64;
         if io.write_offset + group_frame_len <= segment_size {
             let record_count = count(
@@ -342,6 +368,7 @@ impl Shared {
         if let Some(preparer) = &self.preparer {
             preparer.note_written(
                 io.write_offset,
+                io.wants_early_switch(early_after, segment_size),
                 self.options.prepare == PrepareSegments::Inline,
             );
         }
@@ -394,14 +421,16 @@ impl Shared {
             .map_err(|e| poison("fsync sealed segment", &e))?;
         let id = SegmentId(io.written_end);
         let prepared = self.preparer.as_ref().and_then(|p| p.take_ready());
+        let prewritten = prepared.is_some();
         let segment = match prepared {
             Some(file) => self.rename_prepared(file, id)?,
             None => self.create_next_segment(id)?,
         };
-        tracing::debug!(sealed = %old.id, next = %id, "rotated segment");
+        tracing::debug!(sealed = %old.id, next = %id, prewritten, "rotated segment");
         let mut segments = lock(&self.published).segments.to_vec();
         segments.push(segment.clone());
         *io = ActiveIo::new(segment, SEGMENT_HEADER_LEN as u64, io.written_end);
+        io.prewritten = prewritten;
         self.publish_durable(io.written_end, io.write_offset, Some(segments.into()));
         Ok(())
     }

@@ -266,9 +266,32 @@ fn every_preparer_call_failed_once_and_persistently() {
 /// prepared file left and appends resuming.
 #[test]
 fn power_loss_at_every_call_of_preparing_and_rotating() {
+    power_loss_at_every_call(|fs| sim_options(fs, PrepareSegments::Inline), 4);
+}
+
+/// Proves the same for a run whose first segment (created by `fallocate`) is left early for a
+/// pre-written one: a power loss before any call of the early preparation or rotation loses
+/// nothing acknowledged.
+#[test]
+fn power_loss_at_every_call_of_an_early_switch() {
+    power_loss_at_every_call(
+        |fs| Options {
+            segment_size_bytes: 4096,
+            early_switch_after_bytes: 256,
+            ..sim_options(fs, PrepareSegments::Inline)
+        },
+        1,
+    );
+}
+
+/// Runs 29 one-record appends on a simulated disk, then again with a power loss (both tear
+/// kinds) before each of the run's I/O calls in turn: after each, the reopened log holds every
+/// acknowledged batch (at most one more) and no prepared file. The clean run must rename a
+/// prepared file into place at least `renames_min` times.
+fn power_loss_at_every_call(options: impl Fn(&SimFs) -> Options, renames_min: usize) {
     let run = |fs: &SimFs| -> Vec<u64> {
         let mut acked = Vec::new();
-        let Ok(wal) = Wal::open(SIM_DIR, sim_options(fs, PrepareSegments::Inline)) else {
+        let Ok(wal) = Wal::open(SIM_DIR, options(fs)) else {
             return acked;
         };
         for id in 1..30u64 {
@@ -285,8 +308,8 @@ fn power_loss_at_every_call_of_preparing_and_rotating() {
     assert_eq!(clean.len(), 29);
     let calls = fs.op_log()[start as usize..].to_vec();
     assert!(
-        calls.iter().filter(|&&k| k == "rename").count() >= 4,
-        "several prepared rotations: {calls:?}"
+        calls.iter().filter(|&&k| k == "rename").count() >= renames_min,
+        "prepared rotations: {calls:?}"
     );
     for offset in 0..calls.len() as u64 {
         for tear in [Tear::DropUnsynced, Tear::Sectors] {
@@ -303,7 +326,7 @@ fn power_loss_at_every_call_of_preparing_and_rotating() {
                 "power loss before call {offset} ({})",
                 calls[offset as usize]
             );
-            let Ok(wal) = Wal::open(SIM_DIR, sim_options(&fs, PrepareSegments::Inline)) else {
+            let Ok(wal) = Wal::open(SIM_DIR, options(&fs)) else {
                 panic!("{label}: the log does not reopen");
             };
             let found = batch_ids(&wal);
@@ -319,6 +342,94 @@ fn power_loss_at_every_call_of_preparing_and_rotating() {
             wal.append(&batch_records(1000, 1, FILLER_MAX)).unwrap();
         }
     }
+}
+
+/// Proves a segment that is not pre-written (a new log's first, created by `fallocate`; one
+/// reopened, its tail re-extended) is left for the prepared file once the threshold is written
+/// into it: sealed at its frames, the new segment the prepared file's inode, every record read
+/// back before and after reopens; with the threshold at 0 nothing switches.
+#[test]
+fn a_segment_not_prewritten_is_left_early_for_a_prepared_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_size_bytes = 1024 * 1024;
+    let options = |early_switch_after_bytes| Options {
+        segment_size_bytes,
+        prepare: PrepareSegments::Inline,
+        early_switch_after_bytes,
+        ..Options::default()
+    };
+    let record = vec![5u8; 1000];
+    let mut expected = Vec::new();
+    let wal = Wal::open(dir.path(), options(64 * 1024)).unwrap();
+    // Up to the threshold, nothing is prepared; the write that reaches it prepares inline.
+    while !prepared_path(dir.path()).exists() {
+        wal.append(&[&record]).unwrap();
+        expected.push(record.clone());
+        assert!(expected.len() <= 64, "nothing prepared after 64 KB");
+    }
+    assert!(
+        expected.len() >= 63,
+        "prepared after {} records",
+        expected.len()
+    );
+    let prepared = fs::metadata(prepared_path(dir.path())).unwrap();
+    assert_eq!(wal.segment_ids().len(), 1);
+    // The next append goes into the prepared file, renamed into place.
+    wal.append(&[b"first in the prepared segment"]).unwrap();
+    expected.push(b"first in the prepared segment".to_vec());
+    let ids = wal.segment_ids();
+    assert_eq!(ids.len(), 2, "switched early");
+    assert!(!prepared_path(dir.path()).exists());
+    let first = fs::metadata(dir.path().join(ids[0].file_name())).unwrap();
+    let frames_len = (expected.len() as u64 - 1) * 1032;
+    assert_eq!(
+        first.len(),
+        SEGMENT_HEADER_LEN as u64 + frames_len,
+        "the sealed segment ends at its last frame"
+    );
+    let second = fs::metadata(dir.path().join(ids[1].file_name())).unwrap();
+    assert_eq!(
+        second.ino(),
+        prepared.ino(),
+        "the new segment is the prepared file"
+    );
+    // A pre-written segment is not left early, however much is written into it.
+    for _ in 0..100 {
+        wal.append(&[&record]).unwrap();
+        expected.push(record.clone());
+    }
+    assert_eq!(wal.segment_ids().len(), 2);
+    assert_eq!(read_all(&wal), expected);
+    wal.close().unwrap();
+    // Reopened, its tail is re-extended by fallocate: it is left early again.
+    let wal = Wal::open(dir.path(), options(64 * 1024)).unwrap();
+    for _ in 0..80 {
+        wal.append(&[&record]).unwrap();
+        expected.push(record.clone());
+    }
+    assert_eq!(
+        wal.segment_ids().len(),
+        3,
+        "switched early after the reopen"
+    );
+    assert_eq!(read_all(&wal), expected);
+    wal.close().unwrap();
+    // Threshold 0: never early.
+    let wal = Wal::open(dir.path(), options(0)).unwrap();
+    for _ in 0..200 {
+        wal.append(&[&record]).unwrap();
+        expected.push(record.clone());
+    }
+    assert_eq!(
+        wal.segment_ids().len(),
+        3,
+        "no early switch with the threshold at 0"
+    );
+    assert!(!prepared_path(dir.path()).exists());
+    assert_eq!(read_all(&wal), expected);
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), options(64 * 1024)).unwrap();
+    assert_eq!(read_all(&wal), expected);
 }
 
 /// Proves a read-only open beside a writer ignores a prepared file (never reads it as a segment)

@@ -67,8 +67,11 @@ fn options(fs: &SimFs, durability: Durability) -> Options {
         durability,
         fs: fs.shared(),
         // Inline preparation keeps the runs deterministic (crashes are placed by call count)
-        // and puts prepared rotations, and power losses while preparing, into every run.
+        // and puts prepared rotations, and power losses while preparing, into every run; the
+        // first segment and every reopened one are left early (after 64 bytes) for a prepared
+        // one, so early switches are in every run too.
         prepare: PrepareSegments::Inline,
+        early_switch_after_bytes: 64,
         ..Options::default()
     }
 }

@@ -25,8 +25,11 @@ fn main() {
         eprintln!("INCARNATION must be a number");
         std::process::exit(2);
     });
+    // Background preparation (the default); every incarnation's reopened segment is left early
+    // for a prepared one after 4 KiB, so kills land around early switches too.
     let options = Options {
         segment_size_bytes: 64 * 1024,
+        early_switch_after_bytes: 4096,
         ..Options::default()
     };
     let wal = match Wal::open(&dir, options) {
