@@ -4,7 +4,8 @@
 //! measurement), rounds alternating; the report compares the p999 latencies. Target: p999 with
 //! rotation ≤ 2× p999 without. With the preparer (the default) each rotation renames a segment
 //! zero-filled ahead of time; `HYBRIDSTORE_BENCH_PREPARE=off` measures rotation creating its
-//! segment inline, for comparison.
+//! segment inline, for comparison. Neither run switches early out of its first segment
+//! (`early_switch_after_bytes: 0`), so the 64 MiB run never rotates.
 //!
 //! ```text
 //! cargo bench --bench rotation          # ~30 s
@@ -33,6 +34,9 @@ fn measure(
         segment_size_bytes: segment_bytes,
         durability: Durability::Always,
         prepare,
+        // The 64 MiB run must not rotate at all: no early switch out of its first segment. (In
+        // the 1 MiB run the threshold, 1 MiB, is past half a segment: it never applies there.)
+        early_switch_after_bytes: 0,
         ..Options::default()
     };
     let wal = Arc::new(Wal::open(dir, options).expect("open the log"));
