@@ -639,6 +639,8 @@ fn open_log(settings: &Settings) -> OpenLog {
         &dir,
         Options {
             durability: Durability::Never,
+            // The layout below is exact (full segments): no early switch out of the first one.
+            early_switch_after_bytes: 0,
             ..Options::default()
         },
     )
