@@ -886,6 +886,43 @@ async fn subscribers_rejoining_a_parked_fanout_get_every_event_once() {
     store.close().await.unwrap();
 }
 
+/// Proves a subscriber asking for positions not written yet, then hanging up, does not move the
+/// parked fan-out past the log's end: the next subscriber rejoins it and gets later events
+/// through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_from_the_future_does_not_strand_the_fanout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_dir(dir.path()).await;
+    for n in 0..10 {
+        store
+            .append(&conv(n % 2), ExpectedVersion::Any, one(received("before")))
+            .await
+            .unwrap();
+    }
+    let mut future = store.subscribe(Position(1_000_000_000)).unwrap();
+    // Its first poll catches up: it tries to rejoin the (parked) fan-out there.
+    let nothing = tokio::time::timeout(Duration::from_millis(20), future.next()).await;
+    assert!(nothing.is_err(), "an event from the future: {nothing:?}");
+    drop(future);
+    let mut now = store.subscribe(store.durable_end()).unwrap();
+    let appended = store
+        .append(&conv(3), ExpectedVersion::Any, one(received("after")))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), now.next())
+        .await
+        .expect("the subscription stalled")
+        .expect("the subscription ended")
+        .unwrap();
+    assert_eq!(event.position, appended.first_position);
+    assert_eq!(
+        store.fanout_decoded_events(),
+        1,
+        "the event came through the fan-out, which read on from where the subscriber rejoined"
+    );
+    store.close().await.unwrap();
+}
+
 /// Proves hundreds of subscribers on a live store each see every event once, in order: some
 /// start at the beginning (catching up from the log), some mid-log, some live, while appends go
 /// on; slow ones that fall a whole queue behind catch up from the log and lose nothing.

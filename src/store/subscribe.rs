@@ -158,6 +158,7 @@ impl Fanout {
                     Err(_) if self.shutdown.load(Ordering::Relaxed) => break,
                     Err(error) => return self.stop_with(Some(error.into())),
                 };
+                reader_at = next;
             }
             match read_batch(&mut reader, &self.keys) {
                 Ok(None) => {}
@@ -279,8 +280,14 @@ impl Fanout {
     }
 
     /// Subscriber `id`, which has everything below `next`, rejoins the live ones if the fan-out
-    /// stands at or behind `next`. Returns whether it did.
+    /// stands at or behind `next` and `next` is not past the durable end. Returns whether it did.
     fn rejoin(&self, id: u64, next: Position) -> bool {
+        // Past the durable end (it asked for positions not written yet), it waits on the log
+        // itself until the log gets there: rejoining there would let it move a parked fan-out
+        // past the end, and every later subscriber (below it) could never rejoin.
+        if next > self.wal.durable_end() {
+            return false;
+        }
         let mut state = self.state();
         if state.stopped || next < state.next {
             return false;
