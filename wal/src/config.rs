@@ -74,7 +74,10 @@ pub struct Options {
     /// An active segment is not pre-written when it was created by `fallocate` (a new log's
     /// first segment, or a rotation with nothing prepared) or reopened (its tail is re-extended
     /// by `fallocate`); every `fdatasync` of appends into its unwritten extents also commits
-    /// their conversion. 0 never switches early; with [`PrepareSegments::Off`] nothing does.
+    /// their conversion. 0 never switches early, nor does a value past half the segment size;
+    /// with [`PrepareSegments::Off`] nothing does. The cost: a process that writes this much
+    /// prepares (zero-fills) a whole next segment, used or not; and the early rotation's I/O can
+    /// fail, poisoning the log, exactly as a rotation at the end of a segment can.
     pub early_switch_after_bytes: u64,
     /// The file system (the real one unless a test injects the simulated disk).
     pub fs: Arc<dyn FileSystem>,
