@@ -30,7 +30,9 @@ fi
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ $target_dir == /* ]] || target_dir="$PWD/$target_dir"
 need_kib=$((5 * 1024 * 1024))
-free_kib=$(df -Pk "$(dirname "$target_dir")" | awk 'NR == 2 { print $4 }' || true)
+df_path=$target_dir
+[[ -d $df_path ]] || df_path=$(dirname "$target_dir")
+free_kib=$(df -Pk "$df_path" | awk 'NR == 2 { print $4 }' || true)
 if [[ $free_kib =~ ^[0-9]+$ ]] && ((free_kib < need_kib)); then
     printf 'warning: %s MiB free on the disk of %s; the test build needs about 5 GiB (less if target/ already holds most of it)\n' \
         "$((free_kib / 1024))" "$target_dir" >&2
