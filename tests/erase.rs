@@ -840,25 +840,30 @@ fn a_key_is_durable_before_its_first_event_is_acknowledged() {
     );
 }
 
+/// Opens a store in `dir`, appends one message (`text`) to a new chat, so one key is made, and
+/// closes it; returns the key store's one slot at rest.
+async fn store_with_one_key(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let store = Store::open(StoreConfig::new(dir)).await.unwrap();
+    append(
+        &store,
+        &StreamId::conversation(&bot(), 1),
+        vec![received(text)],
+    )
+    .await;
+    store.close().await.unwrap();
+    std::fs::read_dir(dir.join(KEYS_SUBDIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("one slot at rest")
+}
+
 /// Proves a flipped bit, a truncation, a missing key store, another log's key store, and a
 /// missing or wrong master key each give a clear error at open, naming what is wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_key_store_is_a_clear_error_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
-    append(
-        &store,
-        &StreamId::conversation(&bot(), 1),
-        vec![received("x")],
-    )
-    .await;
-    store.close().await.unwrap();
-    let keys_dir = dir.path().join(KEYS_SUBDIR);
-    let slot = std::fs::read_dir(&keys_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .expect("one slot at rest");
+    let slot = store_with_one_key(dir.path(), "x").await;
     let good = std::fs::read(&slot).unwrap();
     let open_error = || async {
         Store::open(StoreConfig::new(dir.path()))
@@ -895,19 +900,7 @@ async fn a_damaged_key_store_is_a_clear_error_at_open() {
 
     // Another data directory's key store.
     let other = tempfile::tempdir().unwrap();
-    let other_store = Store::open(StoreConfig::new(other.path())).await.unwrap();
-    append(
-        &other_store,
-        &StreamId::conversation(&bot(), 1),
-        vec![received("y")],
-    )
-    .await;
-    other_store.close().await.unwrap();
-    let other_slot = std::fs::read_dir(other.path().join(KEYS_SUBDIR))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
+    let other_slot = store_with_one_key(other.path(), "y").await;
     std::fs::copy(&other_slot, &slot).unwrap();
     let error = open_error().await;
     assert!(
